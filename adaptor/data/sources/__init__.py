@@ -1,0 +1,52 @@
+"""Sources: every dataset layout yields the common :class:`~adaptor.data.records.Record`.
+
+``open_source("KIND:PATH")`` picks the layout by kind. Built in:
+
+- ``synthetic:DIR`` — a folder written by ``adaptor synth`` (its ``records.jsonl``)
+- ``jsonl:FILE`` and ``csv:FILE`` — users' own data (see :mod:`.tabular`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from adaptor.data.sources.base import Source, SourceError, SourceItem, SourceSpec
+from adaptor.data.sources.tabular import TabularSource
+
+__all__ = ["Source", "SourceError", "SourceItem", "SourceSpec", "open_source", "source_kinds"]
+
+
+def _synthetic(path: Path) -> Source:
+    records = path / "records.jsonl"
+    if not records.is_file():
+        raise SourceError(
+            f"synthetic source {path} has no records.jsonl; create one with "
+            f"`adaptor synth --out {path}`"
+        )
+    source = TabularSource(records, "jsonl")
+    source.spec = f"synthetic:{path.resolve()}"
+    return source
+
+
+_KINDS: dict[str, Callable[[Path], Source]] = {
+    "synthetic": _synthetic,
+    "jsonl": lambda p: TabularSource(p, "jsonl"),
+    "csv": lambda p: TabularSource(p, "csv"),
+}
+
+
+def source_kinds() -> list[str]:
+    """The KIND names ``open_source`` accepts."""
+    return sorted(_KINDS)
+
+
+def open_source(spec: str) -> Source:
+    """Open a ``KIND:PATH`` source; raise SourceError with the accepted kinds when unknown."""
+    parsed = SourceSpec.parse(spec)
+    factory = _KINDS.get(parsed.kind)
+    if factory is None:
+        raise SourceError(
+            f"unknown source kind {parsed.kind!r} in {spec!r}; known: {source_kinds()}"
+        )
+    return factory(parsed.path)

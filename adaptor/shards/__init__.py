@@ -1,0 +1,13 @@
+"""Embedding shards: WebDataset tars plus a manifest, written atomically and read back checked."""
+
+from adaptor.shards.manifest import Manifest, ShardEntry, ShardMismatchError, check_encoders
+from adaptor.shards.reader import EmbeddingTable, ShardReader
+
+__all__ = [
+    "EmbeddingTable",
+    "Manifest",
+    "ShardEntry",
+    "ShardMismatchError",
+    "ShardReader",
+    "check_encoders",
+]
