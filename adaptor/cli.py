@@ -1,0 +1,188 @@
+"""The ``adaptor`` command: one verb per stage of the flow, plus ``run`` for all of them."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from adaptor.config import ConfigError, load_config
+from adaptor.data.sources import SourceError, source_kinds
+
+# Offline by default: hub names fail fast instead of hanging for tens of seconds.
+# Users with a network opt in with HF_HUB_OFFLINE=0.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(
+    help=(
+        "Parameter-efficient medical vision-language pretraining on frozen encoders.\n\n"
+        "Flow: synth (or your data) → embed (frozen encoders → shards) → … "
+        "Run `adaptor run` to do every stage on the embedded default."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(fn: F) -> F:
+    """Turn expected failures into one clear line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from adaptor.embed import EmbedError
+        from adaptor.encoders import EncoderLoadError, UnknownEncoderError
+        from adaptor.shards import ShardMismatchError
+
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted: finished outputs are kept; rerun the same command to resume", err=True
+            )
+            raise typer.Exit(130) from None
+        except (
+            ConfigError,
+            SourceError,
+            EmbedError,
+            ShardMismatchError,
+            UnknownEncoderError,
+            EncoderLoadError,
+            FileNotFoundError,
+            ValueError,
+        ) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_friendly_errors
+def synth(
+    out: Annotated[
+        Path, typer.Option(help="folder to write records.jsonl, images/ and masks/ into")
+    ],
+    n: Annotated[int, typer.Option(help="number of records")] = 2000,
+    seed: Annotated[
+        int, typer.Option(help="random seed; the same seed gives byte-identical output")
+    ] = 0,
+    size: Annotated[int, typer.Option(help="image side in pixels (224–512)")] = 256,
+) -> None:
+    """Write a synthetic paired chest-radiograph set: images, reports, labels, masks, splits."""
+    from adaptor.data.synthetic import generate_synthetic
+
+    records = generate_synthetic(out, n=n, seed=seed, size=size)
+    typer.echo(f"wrote {len(records)} records to {out / 'records.jsonl'}")
+
+
+def _encoder_help() -> str:
+    from adaptor.encoders import describe_encoder_names
+
+    return describe_encoder_names()
+
+
+@app.command()
+@_friendly_errors
+def embed(
+    source: Annotated[
+        str,
+        typer.Option(help=f"records to embed, as KIND:PATH; kinds: {', '.join(source_kinds())}"),
+    ],
+    out: Annotated[Path, typer.Option(help="shard folder to write (a rerun resumes it)")],
+    image_encoder: Annotated[
+        str, typer.Option(help="image encoder name (see `adaptor encoders`)")
+    ] = "efficientnet-lite0",
+    text_encoder: Annotated[
+        str, typer.Option(help="text encoder name (see `adaptor encoders`)")
+    ] = "all-minilm-l6-v2",
+    batch_size: Annotated[int, typer.Option(min=1, help="records per encoder forward pass")] = 32,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="records per shard (by position in the source)")
+    ] = 500,
+    loader_workers: Annotated[
+        int, typer.Option(min=0, help="processes decoding images beside the encoders")
+    ] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    strict: Annotated[
+        bool, typer.Option(help="stop at the first bad record instead of skipping it")
+    ] = False,
+    allow_empty_reports: Annotated[
+        bool, typer.Option(help="keep records whose report is empty")
+    ] = False,
+    patch_tokens: Annotated[
+        bool, typer.Option(help="also store the image encoder's patch tokens")
+    ] = False,
+    text_states: Annotated[
+        bool, typer.Option(help="also store the text encoder's token states")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Run the frozen encoders over a source and write WebDataset embedding shards.
+
+    Bad records are reported, skipped and listed in manifest.json. A killed job,
+    rerun with the same command, keeps its finished shards and does the rest.
+    """
+    from adaptor.embed import EmbedConfig
+    from adaptor.embed import embed as run_embed
+
+    result = run_embed(
+        EmbedConfig(
+            source=source,
+            out=out,
+            image_encoder=image_encoder,
+            text_encoder=text_encoder,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            loader_workers=loader_workers,
+            device=device,
+            strict=strict,
+            allow_empty_reports=allow_empty_reports,
+            patch_tokens=patch_tokens,
+            text_states=text_states,
+            progress=progress,
+        )
+    )
+    typer.echo(
+        f"{result.count} samples in {out} ({result.shards_written} shards written, "
+        f"{result.shards_reused} reused); {len(result.skipped)} skipped; "
+        f"{result.truncated_reports} reports truncated; {result.samples_per_s:.1f} samples/s"
+    )
+
+
+@app.command()
+def encoders() -> None:
+    """List the accepted image and text encoder names."""
+    typer.echo(_encoder_help())
+
+
+@app.command()
+@_friendly_errors
+def run(
+    out: Annotated[Path, typer.Option(help="output root for every stage")] = Path("data_shards"),
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config; omitted: the embedded default")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Run every stage end to end (synth → embed), resuming whatever is already done."""
+    from adaptor.run import run_flow
+
+    cfg = load_config(config)
+    result = run_flow(cfg, out, progress=progress)
+    typer.echo(f"done: shards in {result.shards}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="adaptor")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

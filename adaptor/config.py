@@ -1,0 +1,77 @@
+"""The YAML config of ``adaptor run``: one section per stage, validated with pydantic.
+
+Every field has a default, so an empty file (or no file) runs the embedded
+default: a synthetic paired set embedded with the offline default encoders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from adaptor.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthConfig(_Section):
+    """The synthetic paired set made when no ``source`` is given."""
+
+    n: int = Field(2000, ge=10, description="number of records")
+    seed: int = 0
+    size: int = Field(256, ge=224, le=512, description="image side in pixels")
+
+
+class EmbedSection(_Section):
+    """Options of the embed stage (see ``adaptor embed --help``)."""
+
+    image_encoder: str = DEFAULT_IMAGE_ENCODER
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    batch_size: int = Field(32, ge=1)
+    shard_size: int = Field(500, ge=1)
+    loader_workers: int = Field(2, ge=0)
+    device: str = "auto"
+    strict: bool = False
+    allow_empty_reports: bool = False
+    patch_tokens: bool = False
+    text_states: bool = False
+
+
+class RunConfig(_Section):
+    """The whole flow. ``source`` (``KIND:PATH``) replaces the synthetic set when given."""
+
+    dataset: str = "synthetic"
+    source: str | None = None
+    synth: SynthConfig = SynthConfig()
+    embed: EmbedSection = EmbedSection()
+
+    @field_validator("dataset")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("dataset must be a plain folder name")
+        return value
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; names the file and the fields at fault."""
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None)."""
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return RunConfig.model_validate(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {err}") from err

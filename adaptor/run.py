@@ -1,0 +1,63 @@
+"""``adaptor run``: every stage that exists, in order, each resumable from its outputs.
+
+Layout under ``OUT``::
+
+    OUT/raw/synthetic/            the synthetic paired set (records.jsonl, images/, masks/)
+    OUT/<dataset>/<encoder-pair>/ embedding shards + manifest.json
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from adaptor.config import RunConfig
+from adaptor.data.synthetic import generate_synthetic
+from adaptor.embed import EmbedConfig, EmbedResult, embed
+
+
+@dataclass
+class RunResult:
+    """Where each stage left its output."""
+
+    source: str
+    shards: Path
+    embed: EmbedResult
+
+
+def encoder_pair_id(image_encoder: str, text_encoder: str) -> str:
+    """A folder-safe name for an (image, text) encoder pair."""
+    return "__".join(
+        re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-") for n in (image_encoder, text_encoder)
+    )
+
+
+def run_flow(
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Callable[[str], None] = print
+) -> RunResult:
+    """Run synth (unless a source is given) then embed, resuming whatever is already done."""
+    out = Path(out)
+    source = cfg.source
+    if source is None:
+        raw = out / "raw" / cfg.dataset
+        if (raw / "records.jsonl").is_file():
+            log(f"[synth] reusing {raw}/records.jsonl")
+        else:
+            log(f"[synth] writing {cfg.synth.n} synthetic records to {raw}")
+            generate_synthetic(
+                raw, n=cfg.synth.n, seed=cfg.synth.seed, size=cfg.synth.size, progress=progress
+            )
+        source = f"synthetic:{raw}"
+
+    shards = out / cfg.dataset / encoder_pair_id(cfg.embed.image_encoder, cfg.embed.text_encoder)
+    log(f"[embed] {source} -> {shards}")
+    result = embed(
+        EmbedConfig(source=source, out=shards, progress=progress, **cfg.embed.model_dump())
+    )
+    log(
+        f"[embed] {result.count} samples in {len(list(shards.glob('*.tar')))} shards, "
+        f"{len(result.skipped)} skipped, {result.truncated_reports} reports truncated"
+    )
+    return RunResult(source=source, shards=shards, embed=result)
