@@ -40,6 +40,8 @@ def _friendly_errors(fn: F) -> F:
         from adaptor.embed import EmbedError
         from adaptor.encoders import EncoderLoadError, UnknownEncoderError
         from adaptor.shards import ShardMismatchError
+        from adaptor.train.pretrain import PretrainError
+        from adaptor.train.ray_env import RayConnectError
 
         try:
             return fn(*args, **kwargs)
@@ -55,6 +57,8 @@ def _friendly_errors(fn: F) -> F:
             ShardMismatchError,
             UnknownEncoderError,
             EncoderLoadError,
+            PretrainError,
+            RayConnectError,
             FileNotFoundError,
             ValueError,
         ) as err:
@@ -158,6 +162,60 @@ def embed(
 
 
 @app.command()
+@_friendly_errors
+def pretrain(
+    shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
+    out: Annotated[Path, typer.Option(help="run folder; rerunning the same command resumes it")],
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[
+        int, typer.Option(min=2, help="pairs per worker per step (negatives: the global batch)")
+    ] = 128,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Ray Train workers; each reads a disjoint share of the shards"),
+    ] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="HOST:PORT of a running Ray head; default: a local Ray")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine or linear decay after warmup")] = "cosine",
+    width: Annotated[int, typer.Option(help="shared embedding width")] = 512,
+    layers: Annotated[int, typer.Option(help="cross-attention layers")] = 1,
+    checkpoint_every_steps: Annotated[
+        int, typer.Option(help="extra checkpoints every N steps (0: per epoch only)")
+    ] = 0,
+) -> None:
+    """Train the cross-attention Adaptor on cached embeddings with a CLIP loss, under Ray Train.
+
+    Writes RUN/adaptor/ (best weights), RUN/metrics.jsonl (one line per epoch),
+    RUN/metrics.json and RUN/curves.png. A crash or kill, then the same command,
+    resumes from the newest checkpoint.
+    """
+    from adaptor.train.pretrain import PretrainConfig, describe
+    from adaptor.train.pretrain import pretrain as run_pretrain
+
+    result = run_pretrain(
+        PretrainConfig(
+            shards=str(shards),
+            out=str(out),
+            epochs=epochs,
+            batch_size=batch_size,
+            workers=workers,
+            address=address,
+            seed=seed,
+            lr=lr,
+            schedule=schedule,
+            width=width,
+            layers=layers,
+            checkpoint_every_steps=checkpoint_every_steps,
+        )
+    )
+    typer.echo(describe(result.metrics))
+    typer.echo(f"Adaptor saved to {result.adaptor_dir}")
+
+
+@app.command()
 def encoders() -> None:
     """List the accepted image and text encoder names."""
     typer.echo(_encoder_help())
@@ -172,12 +230,12 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Run every stage end to end (synth → embed), resuming whatever is already done."""
+    """Run every stage end to end (synth → embed → pretrain), resuming whatever is already done."""
     from adaptor.run import run_flow
 
     cfg = load_config(config)
     result = run_flow(cfg, out, progress=progress)
-    typer.echo(f"done: shards in {result.shards}")
+    typer.echo(f"done: shards in {result.shards}, Adaptor in {result.pretrain.adaptor_dir}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

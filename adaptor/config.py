@@ -41,6 +41,20 @@ class EmbedSection(_Section):
     text_states: bool = False
 
 
+class PretrainSection(_Section):
+    """Options of the pretrain stage (see ``adaptor pretrain --help``)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(5e-4, gt=0)
+    workers: int = Field(1, ge=1)
+    address: str | None = None
+    seed: int = 0
+    width: int = Field(512, ge=8)
+    layers: int = Field(1, ge=1)
+    schedule: str = "cosine"
+
+
 class RunConfig(_Section):
     """The whole flow. ``source`` (``KIND:PATH``) replaces the synthetic set when given."""
 
@@ -48,6 +62,7 @@ class RunConfig(_Section):
     source: str | None = None
     synth: SynthConfig = SynthConfig()
     embed: EmbedSection = EmbedSection()
+    pretrain: PretrainSection = PretrainSection()
 
     @field_validator("dataset")
     @classmethod

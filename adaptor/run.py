@@ -4,6 +4,7 @@ Layout under ``OUT``::
 
     OUT/raw/synthetic/            the synthetic paired set (records.jsonl, images/, masks/)
     OUT/<dataset>/<encoder-pair>/ embedding shards + manifest.json
+    OUT/runs/<dataset>/pretrain/  Adaptor weights (adaptor/), metrics, curves, Ray checkpoints
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from adaptor.config import RunConfig
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
+from adaptor.train.pretrain import PretrainConfig, PretrainResult, describe, pretrain
 
 
 @dataclass
@@ -25,6 +27,7 @@ class RunResult:
     source: str
     shards: Path
     embed: EmbedResult
+    pretrain: PretrainResult
 
 
 def encoder_pair_id(image_encoder: str, text_encoder: str) -> str:
@@ -37,7 +40,7 @@ def encoder_pair_id(image_encoder: str, text_encoder: str) -> str:
 def run_flow(
     cfg: RunConfig, out: Path, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> RunResult:
-    """Run synth (unless a source is given) then embed, resuming whatever is already done."""
+    """Run synth (unless a source is given), embed, then pretrain, resuming whatever is already done."""
     out = Path(out)
     source = cfg.source
     if source is None:
@@ -60,4 +63,10 @@ def run_flow(
         f"[embed] {result.count} samples in {len(list(shards.glob('*.tar')))} shards, "
         f"{len(result.skipped)} skipped, {result.truncated_reports} reports truncated"
     )
-    return RunResult(source=source, shards=shards, embed=result)
+    run_dir = out / "runs" / cfg.dataset / "pretrain"
+    log(f"[pretrain] {shards} -> {run_dir}")
+    trained = pretrain(
+        PretrainConfig(shards=str(shards), out=str(run_dir), **cfg.pretrain.model_dump())
+    )
+    log(f"[pretrain] {describe(trained.metrics)}")
+    return RunResult(source=source, shards=shards, embed=result, pretrain=trained)

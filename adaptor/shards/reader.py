@@ -114,12 +114,17 @@ class ShardReader:
             yield collate(batch)
 
     def load(
-        self, split: str | None = None, members: tuple[str, ...] = ("image", "text")
+        self,
+        split: str | None = None,
+        members: tuple[str, ...] = ("image", "text"),
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> EmbeddingTable:
-        """Every sample of ``split`` (or all) in shard order, as float32 tensors in memory."""
+        """Every sample of ``split`` (or all) in this rank's shards, in order, as float32 tensors."""
         rows = [
             s
-            for s in self.samples(rank=0, world_size=1)
+            for s in self.samples(rank=rank, world_size=world_size)
             if split is None or s["meta"]["split"] == split
         ]
         return EmbeddingTable(

@@ -1,0 +1,323 @@
+"""The Adaptor: a small trainable cross-attention stack on top of frozen, cached embeddings.
+
+Each modality is linearly projected into a shared ``width`` and L2-normalised token by
+token. Each side is a token sequence ``[global, *extra tokens]``. Every layer updates
+both sides at once from that layer's inputs: image tokens attend to text tokens
+(query = image, key/value = text) and text tokens attend to image tokens, each followed
+by a feed-forward block, with residuals and LayerNorm (post-norm by default). Without
+the other modality (downstream use) a side runs self-attention over itself with the same
+weights. The output of each side is its first token, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+
+from adaptor.atomic import atomic_open, atomic_write_json
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_NORMS = ("post", "pre")
+
+
+@dataclass
+class AdaptorConfig:
+    """Shape and hyper-parameters of an :class:`Adaptor`; JSON round-trips via ``to_dict``."""
+
+    image_dim: int
+    text_dim: int
+    width: int = 512
+    layers: int = 1
+    heads: int = 8
+    ffn_hidden: int = 2048
+    dropout: float = 0.0
+    norm: str = "post"
+    image_patch_dim: int | None = None
+    text_state_dim: int | None = None
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100)
+    encoders: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm not in _NORMS:
+            raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        for name in ("image_dim", "text_dim", "width", "heads", "ffn_hidden"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.layers < 0:
+            raise ValueError(f"layers must be >= 0, got {self.layers}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AdaptorConfig:
+        """Build from :meth:`to_dict` output; unknown keys are an error."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown AdaptorConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class AdaptorOutput:
+    """L2-normalised ``image`` and ``text`` embeddings [B, width] and the clamped log-scale."""
+
+    image: Tensor
+    text: Tensor | None
+    logit_scale: Tensor
+
+
+class _Side(nn.Module):
+    """One direction of a layer: attention of a side's tokens over a context, then an FFN."""
+
+    def __init__(self, config: AdaptorConfig) -> None:
+        super().__init__()
+        self.pre = config.norm == "pre"
+        self.attn = nn.MultiheadAttention(
+            config.width, config.heads, dropout=config.dropout, batch_first=True
+        )
+        self.ffn = nn.Sequential(
+            nn.Linear(config.width, config.ffn_hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.ffn_hidden, config.width),
+        )
+        self.norm_attn = nn.LayerNorm(config.width)
+        self.norm_ffn = nn.LayerNorm(config.width)
+        self.drop = nn.Dropout(config.dropout)
+
+    def attn_input(self, x: Tensor) -> Tensor:
+        """What this side contributes to attention (queries or keys/values)."""
+        return self.norm_attn(x) if self.pre else x
+
+    def forward(
+        self, x: Tensor, query: Tensor, context: Tensor, context_pad: Tensor | None
+    ) -> Tensor:
+        """Update ``x`` [B, N, W]; ``context_pad`` [B, M] is True at padding."""
+        h = self.attn(query, context, context, key_padding_mask=context_pad, need_weights=False)[0]
+        if self.pre:
+            x = x + self.drop(h)
+            return x + self.drop(self.ffn(self.norm_ffn(x)))
+        x = self.norm_attn(x + self.drop(h))
+        return self.norm_ffn(x + self.drop(self.ffn(x)))
+
+
+class _Layer(nn.Module):
+    """Symmetric cross-attention layer with separate image-side and text-side weights."""
+
+    def __init__(self, config: AdaptorConfig) -> None:
+        super().__init__()
+        self.image = _Side(config)
+        self.text = _Side(config)
+
+    def forward(
+        self, image: Tensor | None, text: Tensor | None, text_pad: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Cross-attention when both sides are given, self-attention for a lone side."""
+        img_in = self.image.attn_input(image) if image is not None else None
+        txt_in = self.text.attn_input(text) if text is not None else None
+        if image is not None and text is not None:
+            return (
+                self.image(image, img_in, txt_in, text_pad),
+                self.text(text, txt_in, img_in, None),
+            )
+        if image is not None:
+            return self.image(image, img_in, img_in, None), None
+        return None, self.text(text, txt_in, txt_in, text_pad)
+
+
+class Adaptor(nn.Module):
+    """Trainable cross-attention adaptor mapping frozen image/text embeddings to a shared space."""
+
+    def __init__(self, config: AdaptorConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.image_proj = nn.Linear(config.image_dim, w)
+        self.text_proj = nn.Linear(config.text_dim, w)
+        self.image_patch_proj = (
+            nn.Linear(config.image_patch_dim, w) if config.image_patch_dim else None
+        )
+        self.text_state_proj = (
+            nn.Linear(config.text_state_dim, w) if config.text_state_dim else None
+        )
+        self.layers = nn.ModuleList(_Layer(config) for _ in range(config.layers))
+        final = config.norm == "pre" and config.layers > 0
+        self.image_final_norm = nn.LayerNorm(w) if final else nn.Identity()
+        self.text_final_norm = nn.LayerNorm(w) if final else nn.Identity()
+        self.logit_scale_raw = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """Log of the contrastive temperature's inverse, clamped to ``max_logit_scale``."""
+        return self.logit_scale_raw.clamp(max=self.config.max_logit_scale)
+
+    def num_trainable_parameters(self) -> int:
+        """Number of parameter elements that require grad."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # -- token sequences -------------------------------------------------------------
+
+    def _image_seq(self, image: Tensor, image_tokens: Tensor | None) -> Tensor:
+        _check_2d(image, self.config.image_dim, "image")
+        seq = self.image_proj(image).unsqueeze(1)
+        if image_tokens is not None:
+            if self.image_patch_proj is None:
+                raise ValueError("image_tokens given but the config has no image_patch_dim")
+            _check_tokens(image_tokens, image.shape[0], self.config.image_patch_dim, "image")
+            seq = torch.cat([seq, self.image_patch_proj(image_tokens)], dim=1)
+        return F.normalize(seq, dim=-1)
+
+    def _text_seq(
+        self, text: Tensor, text_tokens: Tensor | None, text_token_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Return the normalised token sequence and its key padding mask (True = padding)."""
+        _check_2d(text, self.config.text_dim, "text")
+        seq = self.text_proj(text).unsqueeze(1)
+        if text_tokens is None:
+            if text_token_mask is not None:
+                raise ValueError("text_token_mask given without text_tokens")
+            return F.normalize(seq, dim=-1), None
+        if self.text_state_proj is None:
+            raise ValueError("text_tokens given but the config has no text_state_dim")
+        _check_tokens(text_tokens, text.shape[0], self.config.text_state_dim, "text")
+        seq = F.normalize(torch.cat([seq, self.text_state_proj(text_tokens)], dim=1), dim=-1)
+        if text_token_mask is None:
+            return seq, None
+        if text_token_mask.shape != text_tokens.shape[:2]:
+            raise ValueError(
+                f"text_token_mask has shape {tuple(text_token_mask.shape)}, "
+                f"expected {tuple(text_tokens.shape[:2])}"
+            )
+        valid = torch.cat(
+            [text_token_mask.new_ones(text.shape[0], 1, dtype=torch.bool), text_token_mask.bool()],
+            dim=1,
+        )
+        return seq, ~valid
+
+    # -- forward paths ---------------------------------------------------------------
+
+    def forward(
+        self,
+        image: Tensor,
+        text: Tensor | None = None,
+        *,
+        image_tokens: Tensor | None = None,
+        text_tokens: Tensor | None = None,
+        text_token_mask: Tensor | None = None,
+        cross: bool = True,
+    ) -> AdaptorOutput:
+        """Embed a batch; ``text=None`` runs the image-only (self-attention) path.
+
+        ``cross=False`` encodes each side on its own (self-attention), as retrieval
+        does; with ``cross=True`` each image attends to its paired text and back.
+
+        ``image`` [B, image_dim] and ``text`` [B, text_dim] are global embeddings;
+        ``image_tokens`` [B, N, image_patch_dim] and ``text_tokens`` [B, T, text_state_dim]
+        are optional extra tokens; ``text_token_mask`` [B, T] is True at valid tokens.
+        """
+        if text is None:
+            if text_tokens is not None or text_token_mask is not None:
+                raise ValueError("text_tokens / text_token_mask given without text")
+            return AdaptorOutput(self.encode_image(image, image_tokens), None, self.logit_scale)
+        if text.shape[0] != image.shape[0]:
+            raise ValueError(f"batch sizes differ: image {image.shape[0]}, text {text.shape[0]}")
+        if not cross:
+            return AdaptorOutput(
+                self.encode_image(image, image_tokens),
+                self.encode_text(text, text_tokens, text_token_mask),
+                self.logit_scale,
+            )
+        img = self._image_seq(image, image_tokens)
+        txt, pad = self._text_seq(text, text_tokens, text_token_mask)
+        for layer in self.layers:
+            img, txt = layer(img, txt, pad)
+        return AdaptorOutput(
+            F.normalize(self.image_final_norm(img[:, 0]), dim=-1),
+            F.normalize(self.text_final_norm(txt[:, 0]), dim=-1),
+            self.logit_scale,
+        )
+
+    def encode_image(self, image: Tensor, image_tokens: Tensor | None = None) -> Tensor:
+        """Image-only embedding [B, width] (self-attention with the image-side weights)."""
+        img = self._image_seq(image, image_tokens)
+        for layer in self.layers:
+            img, _ = layer(img, None, None)
+        return F.normalize(self.image_final_norm(img[:, 0]), dim=-1)
+
+    def encode_text(
+        self,
+        text: Tensor,
+        text_tokens: Tensor | None = None,
+        text_token_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Text-only embedding [B, width] (self-attention with the text-side weights)."""
+        txt, pad = self._text_seq(text, text_tokens, text_token_mask)
+        for layer in self.layers:
+            _, txt = layer(None, txt, pad)
+        return F.normalize(self.text_final_norm(txt[:, 0]), dim=-1)
+
+    # -- persistence -----------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into folder ``path``.
+
+        Each file is written to a temporary name and renamed into place. The config is
+        also stored in the weights' metadata, so :meth:`from_pretrained` detects a folder
+        whose two files come from different saves (a save killed between the renames).
+        """
+        path = Path(path)
+        config = self.config.to_dict()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        blob = save(tensors, metadata={"config": json.dumps(config, sort_keys=True)})
+        with atomic_open(path / WEIGHTS_NAME, "wb") as fh:
+            fh.write(blob)
+        atomic_write_json(path / CONFIG_NAME, config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Adaptor:
+        """Load an Adaptor written by :meth:`save_pretrained`."""
+        path = Path(path)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise FileNotFoundError(
+                    f"no Adaptor at {path}: {name} is missing (expected a folder written by "
+                    "Adaptor.save_pretrained with config.json and model.safetensors)"
+                )
+        config_dict = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+        with safe_open(str(path / WEIGHTS_NAME), framework="pt") as fh:
+            saved = (fh.metadata() or {}).get("config")
+        if saved is not None and json.loads(saved) != config_dict:
+            raise RuntimeError(
+                f"{path}: config.json does not match the config stored with the weights "
+                "(an interrupted save?); save the model again"
+            )
+        model = cls(AdaptorConfig.from_dict(config_dict))
+        device = torch.device(map_location)
+        model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(device)))
+        return model.to(device)
+
+
+def _check_2d(x: Tensor, dim: int, name: str) -> None:
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{name} must have shape [B, {dim}], got {tuple(x.shape)}")
+
+
+def _check_tokens(x: Tensor, batch: int, dim: int | None, name: str) -> None:
+    if x.ndim != 3 or x.shape[0] != batch or x.shape[2] != dim:
+        raise ValueError(f"{name} tokens must have shape [{batch}, N, {dim}], got {tuple(x.shape)}")

@@ -1,0 +1,1 @@
+"""Training under Ray Train: Adaptor pretraining (and, later, downstream heads)."""

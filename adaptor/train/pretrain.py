@@ -1,0 +1,477 @@
+"""Contrastive pretraining of the Adaptor on cached embeddings, under Ray Train.
+
+The driver (:func:`pretrain`) checks the shards and the cluster, then runs a
+``TorchTrainer``. Each worker holds its disjoint share of the training shards
+in memory (kilobytes per sample), so data loading never limits a step. The
+loss all-gathers embeddings with gradients, so W workers at batch B train like
+one worker at batch W·B. A rerun of the same command resumes from the newest
+checkpoint under ``RUN/ray/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from adaptor.atomic import atomic_write_json
+from adaptor.shards import ShardReader
+from adaptor.train.ray_env import cpus_per_worker, start_ray
+from adaptor.train.retrieval_metrics import chance_recall, paired_recall
+
+STATE_FILE = "state.pt"
+SELECTION_METRIC = "val_recall_mean"
+
+
+class PretrainError(RuntimeError):
+    """Pretraining cannot start or did not finish; the message says why and what was kept."""
+
+
+@dataclass
+class PretrainConfig:
+    """Options of ``adaptor pretrain`` (model, optimisation, cluster)."""
+
+    shards: str
+    out: str
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    schedule: str = "cosine"  # or "linear"
+    grad_clip: float = 1.0
+    workers: int = 1
+    address: str | None = None
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    width: int = 512
+    layers: int = 1
+    heads: int = 8
+    ffn_hidden: int = 2048
+    norm: str = "post"
+    dropout: float = 0.0
+    image_weight: float = 0.75
+    objective: str = "unpaired"  # or "paired": see README, "Why the loss is on unpaired encodings"
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    max_failures: int = 2
+    fail_at_step: int | None = field(default=None, repr=False)  # test hook: crash once at this step
+
+
+@dataclass
+class PretrainResult:
+    """Where the outputs are and the final figures."""
+
+    run_dir: Path
+    adaptor_dir: Path
+    metrics: dict[str, Any]
+
+
+def pretrain(
+    cfg: PretrainConfig, *, progress: bool = True, log: Callable[[str], None] = print
+) -> PretrainResult:
+    """Train (or resume) the Adaptor on ``cfg.shards``; write weights, metrics and a plot to ``cfg.out``."""
+    run_dir = Path(cfg.out).resolve()
+    shards = Path(cfg.shards).resolve()
+    reader = ShardReader(shards)
+    n_train = n_bad = 0
+    for sample in reader.samples(rank=0, world_size=1, split="train"):
+        finite = all(np.isfinite(sample[m]).all() for m in ("image", "text"))
+        n_train += finite
+        n_bad += not finite
+    if n_bad:
+        log(f"skipping {n_bad} training record(s) whose embeddings are NaN or Inf")
+    if n_train == 0:
+        raise PretrainError(f"no training samples (split 'train') in {shards}")
+    if cfg.batch_size * cfg.workers > n_train:
+        raise PretrainError(
+            f"batch size {cfg.batch_size} × {cfg.workers} worker(s) exceeds the {n_train} training samples in {shards}; "
+            "use a smaller --batch-size"
+        )
+    if cfg.objective not in ("unpaired", "paired"):
+        raise PretrainError(f"unknown objective {cfg.objective!r}: unpaired or paired")
+    if len(reader.paths) < cfg.workers:
+        raise PretrainError(
+            f"{cfg.workers} workers need at least as many shards; {shards} has {len(reader.paths)}"
+        )
+
+    start_ray(cfg.address)
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = bool(cfg.use_gpu) if cfg.use_gpu is not None else torch.cuda.is_available()
+    threads = cpus_per_worker(cfg.workers, use_gpu)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loop_config = {
+        **asdict(cfg),
+        "shards": str(shards),
+        "out": str(run_dir),
+        "threads": threads,
+        "encoders": reader.manifest.encoders,
+    }
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}
+        ),
+        run_config=ray.train.RunConfig(
+            name="pretrain",
+            storage_path=str(run_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    if (run_dir / "metrics.jsonl").is_file():
+        log(f"resuming {run_dir} from its newest checkpoint")
+    try:
+        with _EpochProgress(run_dir / "metrics.jsonl", cfg.epochs, enabled=progress):
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise PretrainError(
+            f"pretraining failed: {_root_cause(err)}\ncheckpoints kept in {run_dir / 'ray'}"
+        ) from err
+    return _write_outputs(run_dir, result.checkpoint)
+
+
+def _root_cause(err: Exception) -> str:
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        first = next(iter(failures.values()))
+        return f"{type(first).__name__}: {first}"
+    return str(err)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """The per-worker training function run by Ray Train."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from adaptor.model import Adaptor, AdaptorConfig, ClipLoss
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(config["seed"])
+    device = ray.train.torch.get_device()
+
+    reader = ShardReader(config["shards"])
+    train = _finite(reader.load("train", rank=rank, world_size=world))
+    val = _finite(reader.load("val"))
+    image, text = train.arrays["image"].to(device), train.arrays["text"].to(device)
+    batch = config["batch_size"]
+    steps_per_epoch = len(image) // batch
+    if dist.is_available() and dist.is_initialized() and world > 1:
+        count = torch.tensor([steps_per_epoch], device=device)
+        dist.all_reduce(
+            count, op=dist.ReduceOp.MIN
+        )  # every rank must take the same number of steps
+        steps_per_epoch = int(count.item())
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"rank {rank} holds {len(image)} training samples, fewer than one batch of {batch}"
+        )
+
+    model_config = AdaptorConfig(
+        image_dim=image.shape[1],
+        text_dim=text.shape[1],
+        width=config["width"],
+        layers=config["layers"],
+        heads=config["heads"],
+        ffn_hidden=config["ffn_hidden"],
+        dropout=config["dropout"],
+        norm=config["norm"],
+        encoders={
+            k: {f: v.get(f) for f in ("name", "fingerprint", "dim")}
+            for k, v in config["encoders"].items()
+        },
+    )
+    model = Adaptor(model_config).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    scheduler = _scheduler(optimizer, config, steps_per_epoch * config["epochs"])
+    loss_fn = ClipLoss(image_weight=config["image_weight"])
+
+    state = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "history": [],
+        "best": None,
+        "untrained": None,
+    }
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        state["resumed_at_steps"] = [*state.get("resumed_at_steps", []), state["global_step"]]
+    elif rank == 0:
+        state["untrained"] = _evaluate(model, val, config["image_weight"], device)
+    if state["epoch"] >= config["epochs"]:
+        _report(model, optimizer, scheduler, state, rank, config, final=True)
+        return
+
+    trained = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    while state["epoch"] < config["epochs"]:
+        epoch = state["epoch"]
+        order = torch.randperm(
+            len(image),
+            generator=torch.Generator().manual_seed(config["seed"] * 100_003 + epoch * 97 + rank),
+        )
+        model.train()
+        losses, seen, started = [], 0, time.perf_counter()
+        for step in range(state["step_in_epoch"], steps_per_epoch):
+            if (
+                config.get("fail_at_step") is not None
+                and state["global_step"] == config["fail_at_step"]
+            ):
+                marker = Path(config["out"]) / ".failed-once"
+                if not marker.exists():
+                    marker.write_text("injected failure")
+                    raise RuntimeError(f"injected failure at step {state['global_step']}")
+            idx = order[step * batch : (step + 1) * batch].to(device)
+            with autocast:
+                out = trained(image[idx], text[idx], cross=config["objective"] == "paired")
+                loss = loss_fn(out.image, out.text, out.logit_scale)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch} step {step}; stopping. "
+                    "The last good checkpoint is kept; lower --lr or check the shards"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            seen += len(idx)
+            state["global_step"] += 1
+            state["step_in_epoch"] = step + 1
+            every = config["checkpoint_every_steps"]
+            if every and state["global_step"] % every == 0 and step + 1 < steps_per_epoch:
+                _report(
+                    model,
+                    optimizer,
+                    scheduler,
+                    state,
+                    rank,
+                    config,
+                    metrics={"partial_epoch": epoch},
+                )
+        seconds = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch + 1,
+            "global_step": state["global_step"],
+            "train_loss": sum(losses) / max(1, len(losses)),
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": seen * world / seconds if seconds > 0 else 0.0,
+            "temperature": float(1.0 / model.logit_scale.exp()),
+        }
+        if rank == 0:
+            metrics.update(_evaluate(model, val, config["image_weight"], device))
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        state["history"].append(metrics)
+        if rank == 0 and (
+            state["best"] is None or metrics.get(SELECTION_METRIC, 0) > state["best"]["score"]
+        ):
+            state["best"] = {
+                "score": metrics.get(SELECTION_METRIC, 0),
+                "epoch": epoch + 1,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
+        _report(model, optimizer, scheduler, state, rank, config, metrics=metrics)
+
+
+def _report(model, optimizer, scheduler, state, rank, config, *, metrics=None, final=False) -> None:  # noqa: ANN001
+    """Every rank reports (Ray needs it as a barrier); rank 0 attaches the checkpoint."""
+    import ray.train
+
+    metrics = dict(metrics or (state["history"][-1] if state["history"] else {}))
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    _write_history(Path(config["out"]), state)
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+                "model_config": model.config.to_dict(),
+            },
+            Path(folder) / STATE_FILE,
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any], total_steps: int):  # noqa: ANN202
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    warmup = int(config["warmup_fraction"] * total_steps)
+    if config["schedule"] == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    if config["schedule"] != "cosine":
+        raise ValueError(f"unknown schedule {config['schedule']!r} (cosine or linear)")
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+@torch.no_grad()
+def _evaluate(model, val, image_weight: float, device) -> dict[str, float]:  # noqa: ANN001
+    """Val loss and retrieval recall, each side encoded on its own (as in search); rank-local."""
+    from adaptor.model import clip_loss
+
+    if len(val) == 0:
+        return {}
+    model.eval()
+    image, text = val.arrays["image"].to(device), val.arrays["text"].to(device)
+    out = model(image, text, cross=False)
+    metrics = {"val_loss": float(clip_loss(out.image, out.text, out.logit_scale, image_weight))}
+    recall = paired_recall(out.image.cpu(), out.text.cpu())
+    metrics.update({f"val_{k}": v for k, v in recall.items()})
+    metrics[SELECTION_METRIC] = sum(recall.values()) / len(recall)
+    metrics.update({f"chance_{k}": v for k, v in chance_recall(len(val)).items()})
+    metrics["val_size"] = len(val)
+    model.train()
+    return metrics
+
+
+def _finite(table):  # noqa: ANN001, ANN202
+    """Drop rows whose embeddings hold NaN or Inf, saying how many."""
+    keep = torch.ones(len(table), dtype=torch.bool)
+    for array in table.arrays.values():
+        if array.numel():
+            keep &= torch.isfinite(array).all(dim=1)
+    if not keep.all():
+        table.ids = [i for i, k in zip(table.ids, keep.tolist(), strict=True) if k]
+        table.meta = [m for m, k in zip(table.meta, keep.tolist(), strict=True) if k]
+        table.arrays = {name: a[keep] for name, a in table.arrays.items()}
+    return table
+
+
+class _EpochProgress:
+    """A driver-side progress bar over epochs, fed by the rank-0 worker's ``metrics.jsonl``."""
+
+    def __init__(self, path: Path, epochs: int, *, enabled: bool):
+        self.path, self.epochs, self.enabled = path, epochs, enabled
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> _EpochProgress:
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.enabled:
+            self.thread.join()
+
+    def _poll(self) -> None:
+        bar = tqdm(total=self.epochs, unit="epoch", desc="pretrain", dynamic_ncols=True)
+        while True:
+            finished = self.stop.wait(1.0)
+            history = _read_history(self.path)
+            if history and len(history) != bar.n:
+                last = history[-1]
+                bar.n = len(history)
+                bar.set_postfix(
+                    loss=f"{last['train_loss']:.3f}",
+                    t2i_r10=f"{last.get('val_t2i_r@10', 0):.3f}",
+                    chance=f"{last.get('chance_r@10', 0):.3f}",
+                    sps=f"{last['samples_per_s']:.0f}",
+                )
+            if finished:
+                bar.close()
+                return
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def _write_history(run_dir: Path, state: dict[str, Any]) -> None:
+    """``metrics.jsonl``: one line per finished epoch, rewritten whole so a resume never duplicates."""
+    from adaptor.atomic import atomic_open
+
+    with atomic_open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for line in state["history"]:
+            fh.write(json.dumps(line) + "\n")
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _write_outputs(run_dir: Path, checkpoint: Any) -> PretrainResult:
+    """Best weights to ``RUN/adaptor/``, final figures to ``RUN/metrics.json``, curves to ``RUN/curves.png``."""
+    from adaptor.model import Adaptor, AdaptorConfig
+    from adaptor.train.plots import plot_pretraining
+
+    if checkpoint is None:
+        raise PretrainError(f"training finished without a checkpoint in {run_dir / 'ray'}")
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    state = saved["state"]
+    model = Adaptor(AdaptorConfig.from_dict(saved["model_config"]))
+    best = state["best"]
+    model.load_state_dict(best["model"] if best else saved["model"])
+    adaptor_dir = run_dir / "adaptor"
+    model.save_pretrained(adaptor_dir)
+    history = state["history"]
+    final = history[-1] if history else {}
+    best_epoch = best["epoch"] if best else len(history)
+    best_metrics = history[best_epoch - 1] if history else {}
+    metrics = {
+        "best_epoch": best_epoch,
+        "best": {k: v for k, v in best_metrics.items() if k.startswith(("val_", "chance_"))},
+        "final": final,
+        "untrained": state.get("untrained") or {},
+        "trainable_parameters": model.num_trainable_parameters(),
+        "samples_per_s": sum(h["samples_per_s"] for h in history) / max(1, len(history)),
+        "epochs": len(history),
+        "resumed_at_steps": state.get("resumed_at_steps", []),
+        "encoders": saved["model_config"].get("encoders"),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    plot_pretraining(history, run_dir / "curves.png", untrained=metrics["untrained"])
+    return PretrainResult(run_dir=run_dir, adaptor_dir=adaptor_dir, metrics=metrics)
+
+
+def describe(metrics: dict[str, Any]) -> str:
+    """A short human summary of ``metrics.json``."""
+    best, untrained = metrics["best"], metrics["untrained"]
+    parts = [f"best epoch {metrics['best_epoch']}/{metrics['epochs']}"]
+    for k in (1, 5, 10):
+        key = f"val_t2i_r@{k}"
+        if key in best:
+            parts.append(
+                f"t→i R@{k} {best[key]:.3f} (untrained {untrained.get(key, math.nan):.3f}, chance {best.get(f'chance_r@{k}', math.nan):.3f})"
+            )
+    parts.append(f"{metrics['trainable_parameters']:,} trainable parameters")
+    return "; ".join(parts)

@@ -1,0 +1,30 @@
+"""Cross-modal retrieval recall@k on paired embeddings (row i of each side is a pair)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.retrieval import retrieval_recall
+
+KS = (1, 5, 10)
+
+
+def paired_recall(
+    image: torch.Tensor, text: torch.Tensor, ks: tuple[int, ...] = KS
+) -> dict[str, float]:
+    """Recall@k image→text and text→image; each query has exactly one relevant item, its pair."""
+    sim = image.float() @ text.float().T
+    n = sim.shape[0]
+    target = torch.eye(n, dtype=torch.bool)
+    out: dict[str, float] = {}
+    for direction, scores in (("i2t", sim), ("t2i", sim.T)):
+        for k in ks:
+            per_query = torch.stack(
+                [retrieval_recall(scores[q], target[q], top_k=k) for q in range(n)]
+            )
+            out[f"{direction}_r@{k}"] = float(per_query.mean())
+    return out
+
+
+def chance_recall(n: int, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Recall@k of a random ranking over ``n`` candidates with one relevant each."""
+    return {f"r@{k}": min(k, n) / n for k in ks}

@@ -1,0 +1,120 @@
+"""Adaptor pretraining under Ray Train: outputs, resume after a crash, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptor.data.synthetic import generate_synthetic
+from adaptor.embed import EmbedConfig, embed
+from adaptor.model import Adaptor
+from adaptor.train.pretrain import PretrainConfig, PretrainError, pretrain
+from adaptor.train.ray_env import RayConnectError, start_ray
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    generate_synthetic(root / "raw", n=120, seed=3, size=224, progress=False)
+    out = root / "shards"
+    embed(
+        EmbedConfig(
+            source=f"synthetic:{root / 'raw'}",
+            out=out,
+            shard_size=30,
+            loader_workers=0,
+            progress=False,
+        )
+    )
+    start_ray(num_cpus=2)  # one local Ray for the whole module
+    return out
+
+
+def _cfg(shards: Path, out: Path, **kw: object) -> PretrainConfig:
+    defaults = dict(epochs=2, batch_size=16, width=64, heads=4, ffn_hidden=128, max_failures=0)
+    defaults.update(kw)
+    return PretrainConfig(shards=str(shards), out=str(out), **defaults)  # type: ignore[arg-type]
+
+
+def test_outputs_then_longer_rerun_continues(shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = pretrain(_cfg(shards, run), progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert {"train_loss", "val_t2i_r@10", "val_i2t_r@1", "chance_r@10", "samples_per_s"} <= set(
+        first
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (
+        metrics["trainable_parameters"]
+        == Adaptor.from_pretrained(run / "adaptor").num_trainable_parameters()
+    )
+    assert metrics["untrained"]["val_t2i_r@10"] >= 0 and metrics["best"]["chance_r@10"] > 0
+    assert (run / "curves.png").stat().st_size > 1000
+    assert result.adaptor_dir == run / "adaptor"
+    steps_per_epoch = first["global_step"]
+
+    again = pretrain(_cfg(shards, run, epochs=4), progress=False)
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[0] == first  # earlier epochs kept, not retrained
+    assert history[-1]["global_step"] == 4 * steps_per_epoch
+    assert again.metrics["resumed_at_steps"] == [2 * steps_per_epoch]
+
+
+def test_crash_then_rerun_resumes_from_the_checkpointed_step(shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    probe = json.loads(
+        (
+            pretrain(_cfg(shards, tmp_path / "probe", epochs=1), progress=False).run_dir
+            / "metrics.jsonl"
+        )
+        .read_text()
+        .splitlines()[0]
+    )
+    steps = probe["global_step"]
+    with pytest.raises(PretrainError, match="injected failure"):
+        pretrain(_cfg(shards, run, epochs=3, fail_at_step=steps + 1), progress=False)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 was checkpointed
+    result = pretrain(_cfg(shards, run, epochs=3), progress=False)
+    assert result.metrics["resumed_at_steps"] == [steps]
+    assert result.metrics["epochs"] == 3
+
+
+def test_worker_failure_is_retried_in_the_same_run(shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = _cfg(shards, run, epochs=2, fail_at_step=3, max_failures=1, checkpoint_every_steps=2)
+    result = pretrain(cfg, progress=False)
+    # the crash at step 3 is retried from the mid-epoch checkpoint at step 2, not from zero
+    assert result.metrics["epochs"] == 2 and result.metrics["resumed_at_steps"] == [2]
+
+
+def test_one_worker_is_bit_identical_for_a_seed(shards: Path, tmp_path: Path) -> None:
+    a = Adaptor.from_pretrained(pretrain(_cfg(shards, tmp_path / "a"), progress=False).adaptor_dir)
+    b = Adaptor.from_pretrained(pretrain(_cfg(shards, tmp_path / "b"), progress=False).adaptor_dir)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_two_workers_train(shards: Path, tmp_path: Path) -> None:
+    result = pretrain(
+        _cfg(shards, tmp_path / "two", workers=2, epochs=1, batch_size=8), progress=False
+    )
+    assert result.metrics["epochs"] == 1 and result.metrics["final"]["train_loss"] > 0
+
+
+def test_bad_input_is_refused_before_training(shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(PretrainError, match="exceeds the .* training samples"):
+        pretrain(_cfg(shards, tmp_path / "r", batch_size=10_000), progress=False)
+    with pytest.raises(FileNotFoundError):
+        pretrain(_cfg(tmp_path / "missing", tmp_path / "r"), progress=False)
+    with pytest.raises(RayConnectError, match="cannot reach a Ray head"):
+        pretrain(_cfg(shards, tmp_path / "r", address="127.0.0.1:1"), progress=False)
+    with pytest.raises(RayConnectError, match="bad --address"):
+        pretrain(_cfg(shards, tmp_path / "r", address="nowhere"), progress=False)
