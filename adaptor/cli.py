@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = typer.Typer(
     help=(
         "Parameter-efficient medical vision-language pretraining on frozen encoders.\n\n"
-        "Flow: synth (or your data) → embed (frozen encoders → shards) → … "
+        "Flow: synth (or your data) → embed (frozen encoders → shards) → pretrain (Adaptor, Ray Train). "
         "Run `adaptor run` to do every stage on the embedded default."
     ),
     no_args_is_help=True,

@@ -83,7 +83,9 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
     started = time.perf_counter()
     out = Path(cfg.out)
     source = open_source(cfg.source)
-    items = _validated_items(source.items(), allow_empty_reports=cfg.allow_empty_reports)
+    items = _validated_items(
+        source.items(), allow_empty_reports=cfg.allow_empty_reports, progress=cfg.progress
+    )
     if cfg.strict:
         first_bad = next((it for it in items if isinstance(it, RecordError)), None)
         if first_bad is not None:
@@ -139,12 +141,12 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
     )
 
 
-def _validated_items(items: Any, *, allow_empty_reports: bool) -> list[SourceItem]:
+def _validated_items(items: Any, *, allow_empty_reports: bool, progress: bool) -> list[SourceItem]:
     """All source items in order, with duplicate ids and empty reports turned into errors."""
     seen: dict[str, int] = {}
     out: list[SourceItem] = []
     for position, item in enumerate(
-        tqdm(items, desc="reading records", unit="record", leave=False)
+        tqdm(items, desc="reading records", unit="record", leave=False, disable=not progress)
     ):
         if isinstance(item, Record):
             if item.id in seen:

@@ -66,7 +66,9 @@ def run_flow(
     run_dir = out / "runs" / cfg.dataset / "pretrain"
     log(f"[pretrain] {shards} -> {run_dir}")
     trained = pretrain(
-        PretrainConfig(shards=str(shards), out=str(run_dir), **cfg.pretrain.model_dump())
+        PretrainConfig(shards=str(shards), out=str(run_dir), **cfg.pretrain.model_dump()),
+        progress=progress,
+        log=log,
     )
     log(f"[pretrain] {describe(trained.metrics)}")
     return RunResult(source=source, shards=shards, embed=result, pretrain=trained)

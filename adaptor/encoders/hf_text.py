@@ -55,7 +55,9 @@ class HFTextEncoder(TextEncoder):
         max_length: int | None = None,
     ):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per weight load is noise inside our own bars
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         with hub_loading(str(source), _REMOTE_HINT if not trust_remote_code else ""):
