@@ -11,13 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from adaptor.data.sources.base import Source, SourceError, SourceItem, SourceSpec
+from adaptor.data.sources.base import (
+    Source,
+    SourceError,
+    SourceItem,
+    SourceSpec,
+    reject_unknown_options,
+)
 from adaptor.data.sources.tabular import TabularSource
 
 __all__ = ["Source", "SourceError", "SourceItem", "SourceSpec", "open_source", "source_kinds"]
 
 
-def _synthetic(path: Path) -> Source:
+def _synthetic(path: Path, options: dict[str, str]) -> Source:
+    reject_unknown_options("synthetic", options, {})
     records = path / "records.jsonl"
     if not records.is_file():
         raise SourceError(
@@ -29,10 +36,19 @@ def _synthetic(path: Path) -> Source:
     return source
 
 
-_KINDS: dict[str, Callable[[Path], Source]] = {
+def _tabular(fmt: str) -> Callable[[Path, dict[str, str]], Source]:
+    def factory(path: Path, options: dict[str, str]) -> Source:
+        reject_unknown_options(fmt, options, {})
+        return TabularSource(path, fmt)
+
+    return factory
+
+
+# kind -> factory(root, options); each dataset layout registers one here
+_KINDS: dict[str, Callable[[Path, dict[str, str]], Source]] = {
     "synthetic": _synthetic,
-    "jsonl": lambda p: TabularSource(p, "jsonl"),
-    "csv": lambda p: TabularSource(p, "csv"),
+    "jsonl": _tabular("jsonl"),
+    "csv": _tabular("csv"),
 }
 
 
@@ -49,4 +65,4 @@ def open_source(spec: str) -> Source:
         raise SourceError(
             f"unknown source kind {parsed.kind!r} in {spec!r}; known: {source_kinds()}"
         )
-    return factory(parsed.path)
+    return factory(parsed.path, parsed.options)

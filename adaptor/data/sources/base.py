@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,16 +32,32 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A parsed ``KIND:PATH`` string."""
+    """A parsed ``KIND:PATH[?key=value&key=value]`` string (options are per layout)."""
 
     kind: str
     path: Path
+    options: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, spec: str) -> SourceSpec:
-        kind, sep, path = spec.partition(":")
+        kind, sep, rest = spec.partition(":")
+        path, _, query = rest.partition("?")
         if not sep or not kind or not path:
             raise SourceError(
                 f"source {spec!r} is not of the form KIND:PATH (e.g. jsonl:data.jsonl)"
             )
-        return cls(kind.strip().lower(), Path(path).expanduser())
+        options: dict[str, str] = {}
+        for pair in filter(None, query.split("&")):
+            key, eq, value = pair.partition("=")
+            if not eq or not key:
+                raise SourceError(f"source option {pair!r} in {spec!r} is not KEY=VALUE")
+            options[key.strip().lower()] = value.strip()
+        return cls(kind.strip().lower(), Path(path).expanduser(), options)
+
+
+def reject_unknown_options(kind: str, options: dict[str, str], known: dict[str, str]) -> None:
+    """Raise SourceError naming any option a layout does not take, with the ones it does."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        accepted = ", ".join(f"{k} ({v})" for k, v in known.items()) or "none"
+        raise SourceError(f"{kind} source does not take option(s) {unknown}; accepted: {accepted}")
