@@ -4,6 +4,9 @@
 
 - ``synthetic:DIR`` — a folder written by ``adaptor synth`` (its ``records.jsonl``)
 - ``jsonl:FILE`` and ``csv:FILE`` — users' own data (see :mod:`.tabular`)
+- published dataset layouts, one module each: ``mimic-cxr``, ``chexpert``,
+  ``rsna-pneumonia``, ``siim-acr``, ``covidx``, ``chestxray14``, ``iu-xray``
+  (``KIND:ROOT[?option=value&…]``)
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from adaptor.data.sources.base import (
     SourceSpec,
     reject_unknown_options,
 )
+from adaptor.data.sources.chestxray14 import open_chestxray14
+from adaptor.data.sources.chexpert import open_chexpert
+from adaptor.data.sources.covidx import open_covidx
+from adaptor.data.sources.iu_xray import open_iu_xray
+from adaptor.data.sources.mimic_cxr import open_mimic_cxr
+from adaptor.data.sources.rsna import open_rsna
+from adaptor.data.sources.siim import open_siim
 from adaptor.data.sources.tabular import TabularSource
 
 __all__ = ["Source", "SourceError", "SourceItem", "SourceSpec", "open_source", "source_kinds"]
@@ -49,6 +59,13 @@ _KINDS: dict[str, Callable[[Path, dict[str, str]], Source]] = {
     "synthetic": _synthetic,
     "jsonl": _tabular("jsonl"),
     "csv": _tabular("csv"),
+    "mimic-cxr": open_mimic_cxr,
+    "chexpert": open_chexpert,
+    "rsna-pneumonia": open_rsna,
+    "siim-acr": open_siim,
+    "covidx": open_covidx,
+    "chestxray14": open_chestxray14,
+    "iu-xray": open_iu_xray,
 }
 
 
