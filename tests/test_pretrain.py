@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +125,48 @@ def test_bad_input_is_refused_before_training(shards: Path, tmp_path: Path) -> N
         pretrain(_cfg(shards, tmp_path / "r", address="127.0.0.1:1"), progress=False)
     with pytest.raises(RayConnectError, match="bad --address"):
         pretrain(_cfg(shards, tmp_path / "r", address="nowhere"), progress=False)
+
+
+def test_kill_9_mid_run_then_rerun_resumes(shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ray_tmp = tempfile.mkdtemp(prefix="ak", dir="/tmp")  # its own Ray, short socket paths
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": ray_tmp}
+    args = [
+        "--shards",
+        str(shards),
+        "--out",
+        str(run),
+        "--epochs",
+        "40",
+        "--batch-size",
+        "16",
+        "--width",
+        "64",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptor.cli", "pretrain", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    history = run / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:
+        if history.is_file() and len(history.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [json.loads(x) for x in history.read_text().splitlines()]
+    assert 2 <= len(done) < 40, "the run ended before it could be killed"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    with pytest.raises(PretrainError, match="another Adaptor configuration"):
+        pretrain(_cfg(shards, run, epochs=len(done) + 1, width=64), progress=False)
+    same = _cfg(shards, run, epochs=len(done) + 1, width=64, heads=8, ffn_hidden=2048)
+    result = pretrain(same, progress=False)
+    # resumed from a checkpoint, not from zero: at most the epoch in flight at the kill is redone
+    resumed = result.metrics["resumed_at_steps"]
+    assert resumed and resumed[0] >= done[-2]["global_step"] > 0
+    assert result.metrics["epochs"] == len(done) + 1

@@ -215,9 +215,20 @@ def _train_loop(config: dict[str, Any]) -> None:
         "untrained": None,
     }
     checkpoint = ray.train.get_checkpoint()
+    saved = None
     if checkpoint:
         with checkpoint.as_directory() as folder:
             saved = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+    else:
+        # after kill -9 Ray may not have recorded its newest checkpoints; they are on disk whole
+        saved = _newest_checkpoint_on_disk(Path(config["out"]) / "ray" / "pretrain", device)
+    if saved is not None:
+        if saved["model_config"] != model.config.to_dict():
+            raise ValueError(
+                f"{config['out']} holds a run of another Adaptor configuration "
+                f"({_config_diff(saved['model_config'], model.config.to_dict())}); "
+                "rerun with the same options or choose another --out"
+            )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -322,6 +333,24 @@ def _report(model, optimizer, scheduler, state, rank, config, *, metrics=None, f
             Path(folder) / STATE_FILE,
         )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _config_diff(before: dict[str, Any], now: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    return ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in keys)
+
+
+def _newest_checkpoint_on_disk(folder: Path, device: torch.device) -> dict[str, Any] | None:
+    """The loadable checkpoint with the highest global step under ``folder``, if any."""
+    newest = None
+    for path in folder.glob(f"checkpoint_*/{STATE_FILE}"):
+        try:
+            saved = torch.load(path, map_location=device, weights_only=False)
+        except Exception:  # a checkpoint cut short by the kill: skip it
+            continue
+        if newest is None or saved["state"]["global_step"] > newest["state"]["global_step"]:
+            newest = saved
+    return newest
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any], total_steps: int):  # noqa: ANN202
