@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from adaptor.atomic import remove_stale_partials
 from adaptor.data.image_io import load_image
-from adaptor.data.records import Record, RecordError, is_mask_path
+from adaptor.data.records import Record, RecordError, is_mask_path, relative_path
 from adaptor.data.sources import SourceItem, open_source
 from adaptor.encoders import (
     DEFAULT_IMAGE_ENCODER,
@@ -404,7 +404,7 @@ class _ShardAssembler:
     def _meta(self, record: Record, position: int, truncated: bool) -> dict[str, Any]:
         mask: Any = record.mask
         if is_mask_path(mask):
-            mask = _relative(Path(mask), self.source_root)
+            mask = relative_path(Path(mask), self.source_root)
         return {
             "id": record.id,
             "position": position,
@@ -412,17 +412,10 @@ class _ShardAssembler:
             "patient_id": record.patient_id,
             "labels": record.labels,
             "report": record.report,
-            "image": _relative(Path(record.image), self.source_root),
+            "image": relative_path(Path(record.image), self.source_root),
             "mask": mask,
             "report_truncated": truncated,
         }
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _finish_manifest(out: Path, manifest: Manifest) -> Manifest:

@@ -77,9 +77,9 @@ class Record:
     def to_json(self, relative_to: Path | None = None) -> dict[str, Any]:
         """Plain JSON-able dict; paths are made relative to ``relative_to`` when given."""
         out = asdict(self)
-        out["image"] = _relpath(self.image, relative_to)
+        out["image"] = relative_path(self.image, relative_to)
         if isinstance(self.mask, (str, Path)) and _looks_like_path(str(self.mask)):
-            out["mask"] = _relpath(Path(self.mask), relative_to)
+            out["mask"] = relative_path(Path(self.mask), relative_to)
         return out
 
 
@@ -122,7 +122,8 @@ def _looks_like_path(text: str) -> bool:
     return text.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"))
 
 
-def _relpath(path: Path, root: Path | None) -> str:
+def relative_path(path: Path, root: Path | None) -> str:
+    """``path`` relative to ``root`` when it lies below it, else unchanged, as a string."""
     if root is None:
         return str(path)
     try:

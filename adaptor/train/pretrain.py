@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adaptor.atomic import atomic_write_json
+from adaptor.atomic import atomic_open, atomic_write_json
 from adaptor.shards import ShardReader
 from adaptor.train.ray_env import cpus_per_worker, start_ray
 from adaptor.train.retrieval_metrics import chance_recall, paired_recall
@@ -237,7 +237,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     elif rank == 0:
         state["untrained"] = _evaluate(model, val, config["image_weight"], device)
     if state["epoch"] >= config["epochs"]:
-        _report(model, optimizer, scheduler, state, rank, config, final=True)
+        _report(model, optimizer, scheduler, state, rank, config)
         return
 
     trained = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
@@ -312,7 +312,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         _report(model, optimizer, scheduler, state, rank, config, metrics=metrics)
 
 
-def _report(model, optimizer, scheduler, state, rank, config, *, metrics=None, final=False) -> None:  # noqa: ANN001
+def _report(model, optimizer, scheduler, state, rank, config, *, metrics=None) -> None:  # noqa: ANN001
     """Every rank reports (Ray needs it as a barrier); rank 0 attaches the checkpoint."""
     import ray.train
 
@@ -447,8 +447,6 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 def _write_history(run_dir: Path, state: dict[str, Any]) -> None:
     """``metrics.jsonl``: one line per finished epoch, rewritten whole so a resume never duplicates."""
-    from adaptor.atomic import atomic_open
-
     with atomic_open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
         for line in state["history"]:
             fh.write(json.dumps(line) + "\n")

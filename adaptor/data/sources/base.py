@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,3 +62,9 @@ def reject_unknown_options(kind: str, options: dict[str, str], known: dict[str, 
     if unknown:
         accepted = ", ".join(f"{k} ({v})" for k, v in known.items()) or "none"
         raise SourceError(f"{kind} source does not take option(s) {unknown}; accepted: {accepted}")
+
+
+def patient_fraction(patient_id: str) -> float:
+    """A stable number in [0, 1) from a patient id (sha256), for seeded patient-level splits."""
+    digest = hashlib.sha256(patient_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64

@@ -26,12 +26,16 @@ empty: ``adaptor embed`` skips them unless ``--allow-empty-reports`` is given.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from adaptor.data.records import Record, RecordError
-from adaptor.data.sources.base import SourceError, SourceItem, reject_unknown_options
+from adaptor.data.sources.base import (
+    SourceError,
+    SourceItem,
+    patient_fraction,
+    reject_unknown_options,
+)
 
 KIND = "chestxray14"
 ENTRY_FILES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -121,7 +125,7 @@ class ChestXray14Source:
         if name in self.test:
             split = "test"
         elif name in self.train_val:
-            split = "val" if _hash_fraction(patient) >= 0.90 else "train"
+            split = "val" if patient_fraction(patient) >= 0.90 else "train"
         else:
             raise RecordError(
                 rid, f"{where}: in neither test_list.txt nor train_val_list.txt", self.root
@@ -144,12 +148,6 @@ def _labels(text: str, rid: str, where: str, path: Path) -> dict[str, int | None
     labels: dict[str, int | None] = {f.lower(): int(f in names) for f in FINDINGS}
     labels["no_finding"] = int(NO_FINDING in names)
     return labels
-
-
-def _hash_fraction(patient_id: str) -> float:
-    """A stable number in [0, 1) from the patient id."""
-    digest = hashlib.sha256(patient_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def open_chestxray14(root: Path, options: dict[str, str]) -> ChestXray14Source:

@@ -28,13 +28,17 @@ missing; default keep) and ``views=frontal|lateral|all`` (default frontal).
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from adaptor.data.records import Record, RecordError, parse_label_value
-from adaptor.data.sources.base import SourceError, SourceItem, reject_unknown_options
+from adaptor.data.sources.base import (
+    SourceError,
+    SourceItem,
+    patient_fraction,
+    reject_unknown_options,
+)
 
 KIND = "chexpert"
 
@@ -86,8 +90,7 @@ def apply_uncertain(value: int | None, policy: str) -> int | None:
 
 def hash_split(patient_id: str, val_fraction: float) -> str:
     """``val`` for a ``val_fraction`` share of patients (by sha256 of the id), else ``train``."""
-    bucket = int.from_bytes(hashlib.sha256(patient_id.encode("utf-8")).digest()[:8], "big")
-    return "val" if bucket / 2.0**64 < val_fraction else "train"
+    return "val" if patient_fraction(patient_id) < val_fraction else "train"
 
 
 class CheXpertSource:

@@ -29,13 +29,17 @@ errors). Reports are empty: ``adaptor embed`` skips them unless
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from adaptor.data.records import Record, RecordError
-from adaptor.data.sources.base import SourceError, SourceItem, reject_unknown_options
+from adaptor.data.sources.base import (
+    SourceError,
+    SourceItem,
+    patient_fraction,
+    reject_unknown_options,
+)
 
 KIND = "covidx"
 BINARY = {"positive": 1, "negative": 0}
@@ -143,18 +147,12 @@ class CovidxSource:
         else:
             labels = {name: int(THREE_CLASS[line.cls] == name) for name in THREE_CLASS.values()}
         if line.list_name == "train" and not self.has_val:
-            split = "val" if _hash_fraction(line.patient) >= 0.85 else "train"
+            split = "val" if patient_fraction(line.patient) >= 0.85 else "train"
         else:
             split = line.list_name
         return Record(
             id=rid, image=image, report="", labels=labels, split=split, patient_id=line.patient
         )
-
-
-def _hash_fraction(patient_id: str) -> float:
-    """A stable number in [0, 1) from the patient id."""
-    digest = hashlib.sha256(patient_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def open_covidx(root: Path, options: dict[str, str]) -> CovidxSource:

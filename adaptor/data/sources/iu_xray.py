@@ -26,13 +26,17 @@ study per patient); split by a sha256 hash of the uid, 70/15/15.
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from adaptor.data.records import Record, RecordError
-from adaptor.data.sources.base import SourceError, SourceItem, reject_unknown_options
+from adaptor.data.sources.base import (
+    SourceError,
+    SourceItem,
+    patient_fraction,
+    reject_unknown_options,
+)
 
 KIND = "iu-xray"
 REPORTS = "indiana_reports.csv"
@@ -128,7 +132,7 @@ class IUXraySource:
         image = self.images / filename
         if not image.is_file():
             raise RecordError(rid, "image file not found", image)
-        fraction = _hash_fraction(uid)
+        fraction = patient_fraction(uid)
         split = "train" if fraction < 0.70 else "val" if fraction < 0.85 else "test"
         return Record(
             id=rid,
@@ -159,12 +163,6 @@ def _terms(problems: str) -> list[str]:
         if term:
             out.append("no_finding" if term == "normal" else term)
     return out
-
-
-def _hash_fraction(patient_id: str) -> float:
-    """A stable number in [0, 1) from the patient id."""
-    digest = hashlib.sha256(patient_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def open_iu_xray(root: Path, options: dict[str, str]) -> IUXraySource:

@@ -29,13 +29,18 @@ embed stage skips unless given ``--allow-empty-reports``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 from adaptor.data.records import Record, RecordError
-from adaptor.data.sources.base import Source, SourceError, SourceItem, reject_unknown_options
+from adaptor.data.sources.base import (
+    Source,
+    SourceError,
+    SourceItem,
+    patient_fraction,
+    reject_unknown_options,
+)
 
 KIND = "rsna-pneumonia"
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -108,7 +113,7 @@ class RsnaPneumoniaSource:
 
 def hash_split(patient_id: str) -> str:
     """train/val/test (70/15/15) from the sha256 of the patient id."""
-    fraction = int(hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:8], 16) / 2**32
+    fraction = patient_fraction(patient_id)
     return "train" if fraction < 0.70 else "val" if fraction < 0.85 else "test"
 
 
