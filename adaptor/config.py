@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adaptor.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+from adaptor.errors import AdaptorError
 
 
 class _Section(BaseModel):
@@ -72,7 +73,7 @@ class RunConfig(_Section):
         return value
 
 
-class ConfigError(ValueError):
+class ConfigError(AdaptorError, ValueError):
     """A config file that cannot be used; names the file and the fields at fault."""
 
 

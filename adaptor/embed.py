@@ -34,13 +34,14 @@ from adaptor.encoders import (
     build_image_encoder,
     build_text_encoder,
 )
+from adaptor.errors import AdaptorError
 from adaptor.shards.manifest import Manifest, ShardEntry, encoder_differences
 from adaptor.shards.writer import encode_sample, finished_shards, sample_key, write_shard
 
 STORED_DTYPE = np.float16
 
 
-class EmbedError(RuntimeError):
+class EmbedError(AdaptorError, RuntimeError):
     """The embed job cannot go on (strict mode, or an output folder it must not touch)."""
 
 

@@ -26,6 +26,8 @@ from pydicom.pixels import (
     pixel_array,
 )
 
+from adaptor.errors import AdaptorError
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 # ITU-R BT.601 luma weights, the same as PIL's convert("L").
@@ -36,7 +38,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _PIL_STRICT_LOCK = threading.Lock()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(AdaptorError, ValueError):
     """An image that cannot be read; the message names the file and what is wrong."""
 
     def __init__(self, path: str | Path, reason: str):

@@ -24,12 +24,13 @@ from PIL import Image
 
 from adaptor.data.image_io import ImageReadError, is_dicom, load_image, open_pil
 from adaptor.data.records import is_mask_path
+from adaptor.errors import AdaptorError
 
 _EMPTY_RLE = ("", "-1")
 _BOX_KEYS = ("x", "y", "width", "height")
 
 
-class MaskError(ValueError):
+class MaskError(AdaptorError, ValueError):
     """A mask that cannot be decoded; the message says what is wrong."""
 
 

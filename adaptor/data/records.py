@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptor.atomic import atomic_open
+from adaptor.errors import AdaptorError
 
 SPLITS = ("train", "val", "test")
 LABEL_VALUES = (1, 0, -1)
@@ -46,7 +47,7 @@ _LABEL_SPELLINGS: dict[str, int | None] = {
 }
 
 
-class RecordError(ValueError):
+class RecordError(AdaptorError, ValueError):
     """A record that cannot be used; the message names the record and what is wrong."""
 
     def __init__(self, record_id: str, reason: str, path: str | Path | None = None):

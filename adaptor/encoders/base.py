@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from adaptor.errors import AdaptorError
+
 if TYPE_CHECKING:
     from adaptor.encoders.transform import ImagePreprocess
 
 
-class EncoderLoadError(RuntimeError):
+class EncoderLoadError(AdaptorError, RuntimeError):
     """Pretrained weights or a tokenizer could not be loaded (typically: not cached, offline)."""
 
 

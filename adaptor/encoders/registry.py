@@ -38,6 +38,7 @@ import os
 import torch
 
 from adaptor.encoders.base import ImageEncoder, TextEncoder
+from adaptor.errors import AdaptorError
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
@@ -58,7 +59,7 @@ _TEXT_FORMS = (
 )
 
 
-class UnknownEncoderError(ValueError):
+class UnknownEncoderError(AdaptorError, ValueError):
     """An encoder name that does not follow the accepted forms."""
 
 

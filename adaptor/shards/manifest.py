@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from adaptor.atomic import atomic_write_json
+from adaptor.errors import AdaptorError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class ShardMismatchError(ValueError):
+class ShardMismatchError(AdaptorError, ValueError):
     """Shards made by other encoders (or another source) than the ones asked for."""
 
 

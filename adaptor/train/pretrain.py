@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from adaptor.atomic import atomic_open, atomic_write_json
+from adaptor.errors import AdaptorError
 from adaptor.shards import ShardReader
 from adaptor.train.ray_env import cpus_per_worker, start_ray
 from adaptor.train.retrieval_metrics import chance_recall, paired_recall
@@ -33,7 +34,7 @@ STATE_FILE = "state.pt"
 SELECTION_METRIC = "val_recall_mean"
 
 
-class PretrainError(RuntimeError):
+class PretrainError(AdaptorError, RuntimeError):
     """Pretraining cannot start or did not finish; the message says why and what was kept."""
 
 

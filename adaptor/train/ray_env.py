@@ -11,6 +11,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from adaptor.errors import AdaptorError
+
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
@@ -20,7 +22,7 @@ QUIET_ENV = {
 }
 
 
-class RayConnectError(RuntimeError):
+class RayConnectError(AdaptorError, RuntimeError):
     """The Ray cluster address cannot be reached, or it lacks the resources asked for."""
 
 

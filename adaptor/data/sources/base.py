@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Protocol
 
 from adaptor.data.records import Record, RecordError
+from adaptor.errors import AdaptorError
 
 
-class SourceError(ValueError):
+class SourceError(AdaptorError, ValueError):
     """The source as a whole cannot be read (missing file, wrong columns); names the file."""
 
 

@@ -1,75 +1,19 @@
-"""The ``adaptor`` command: one verb per stage of the flow, plus ``run`` for all of them."""
+"""Commands of the pretraining flow: synth, embed, pretrain, encoders, run."""
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from adaptor.config import ConfigError, load_config
-from adaptor.data.sources import SourceError, source_kinds
-
-# Offline by default: hub names fail fast instead of hanging for tens of seconds.
-# Users with a network opt in with HF_HUB_OFFLINE=0.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-app = typer.Typer(
-    help=(
-        "Parameter-efficient medical vision-language pretraining on frozen encoders.\n\n"
-        "Flow: synth (or your data) → embed (frozen encoders → shards) → pretrain (Adaptor, Ray Train). "
-        "Run `adaptor run` to do every stage on the embedded default."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly_errors(fn: F) -> F:
-    """Turn expected failures into one clear line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from adaptor.embed import EmbedError
-        from adaptor.encoders import EncoderLoadError, UnknownEncoderError
-        from adaptor.shards import ShardMismatchError
-        from adaptor.train.pretrain import PretrainError
-        from adaptor.train.ray_env import RayConnectError
-
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            typer.echo(
-                "interrupted: finished outputs are kept; rerun the same command to resume", err=True
-            )
-            raise typer.Exit(130) from None
-        except (
-            ConfigError,
-            SourceError,
-            EmbedError,
-            ShardMismatchError,
-            UnknownEncoderError,
-            EncoderLoadError,
-            PretrainError,
-            RayConnectError,
-            FileNotFoundError,
-            ValueError,
-        ) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+from adaptor.cli.app import app, friendly_errors
+from adaptor.config import load_config
+from adaptor.data.sources import source_kinds
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def synth(
     out: Annotated[
         Path, typer.Option(help="folder to write records.jsonl, images/ and masks/ into")
@@ -94,7 +38,7 @@ def _encoder_help() -> str:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def embed(
     source: Annotated[
         str,
@@ -162,7 +106,7 @@ def embed(
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def pretrain(
     shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
     out: Annotated[Path, typer.Option(help="run folder; rerunning the same command resumes it")],
@@ -222,7 +166,7 @@ def encoders() -> None:
 
 
 @app.command()
-@_friendly_errors
+@friendly_errors
 def run(
     out: Annotated[Path, typer.Option(help="output root for every stage")] = Path("data_shards"),
     config: Annotated[
@@ -236,11 +180,3 @@ def run(
     cfg = load_config(config)
     result = run_flow(cfg, out, progress=progress)
     typer.echo(f"done: shards in {result.shards}, Adaptor in {result.pretrain.adaptor_dir}")
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="adaptor")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

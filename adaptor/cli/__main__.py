@@ -1,0 +1,5 @@
+"""``python -m adaptor.cli``: the same as the ``adaptor`` command."""
+
+from adaptor.cli import main
+
+main()
