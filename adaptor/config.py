@@ -56,6 +56,46 @@ class PretrainSection(_Section):
     schedule: str = "cosine"
 
 
+class FinetuneSection(_Section):
+    """Downstream heads (see ``adaptor finetune --help``); ``tasks: []`` skips the stage."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["classification", "segmentation"])
+    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    split_seed: int = 0
+    heads: list[str] = Field(default_factory=lambda: ["linear", "mlp"])
+    labels: list[str] | None = None
+    kind: str = "multilabel"
+    uncertain: str = "ignore"
+    max_epochs: int = Field(200, ge=1)
+    workers: int = Field(1, ge=1)
+    address: str | None = None
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - {"classification", "segmentation"}
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}: classification, segmentation")
+        return value
+
+
+class IndexSection(_Section):
+    """The retrieval index built at the end of the flow (see ``adaptor index --help``)."""
+
+    enabled: bool = True
+    factory: str | None = None
+    target_recall: float = Field(0.95, gt=0, le=1)
+    examples: list[str] = Field(
+        default_factory=lambda: [
+            "large right pleural effusion",
+            "left lower lobe opacity",
+            "no acute cardiopulmonary abnormality",
+        ],
+        description="text queries whose top hits `adaptor run` prints",
+    )
+
+
 class RunConfig(_Section):
     """The whole flow. ``source`` (``KIND:PATH``) replaces the synthetic set when given."""
 
@@ -64,6 +104,8 @@ class RunConfig(_Section):
     synth: SynthConfig = SynthConfig()
     embed: EmbedSection = EmbedSection()
     pretrain: PretrainSection = PretrainSection()
+    finetune: FinetuneSection = FinetuneSection()
+    index: IndexSection = IndexSection()
 
     @field_validator("dataset")
     @classmethod

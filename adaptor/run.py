@@ -1,10 +1,14 @@
-"""``adaptor run``: every stage that exists, in order, each resumable from its outputs.
+"""``adaptor run``: every stage, in order, each resumable from its outputs.
+
+Each stage is a function of the config and the output root, shared with the batch jobs
+in ``pipelines/``, so a cluster job and ``adaptor run`` write the same files.
 
 Layout under ``OUT``::
 
-    OUT/raw/synthetic/            the synthetic paired set (records.jsonl, images/, masks/)
-    OUT/<dataset>/<encoder-pair>/ embedding shards + manifest.json
-    OUT/runs/<dataset>/pretrain/  Adaptor weights (adaptor/), metrics, curves, Ray checkpoints
+    OUT/raw/synthetic/                 the synthetic paired set (records.jsonl, images/, masks/)
+    OUT/<dataset>/<encoder-pair>/      embedding shards + manifest.json
+    OUT/runs/<dataset>/pretrain/       Adaptor weights (adaptor/), metrics, curves, Ray checkpoints
+    OUT/runs/<dataset>/downstream/     splits.json, results.json/md, plots, per-model cells
 """
 
 from __future__ import annotations
@@ -19,15 +23,33 @@ from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
 from adaptor.train.pretrain import PretrainConfig, PretrainResult, describe, pretrain
 
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FlowPaths:
+    """Where each stage of one config writes under the output root."""
+
+    raw: Path
+    shards: Path
+    pretrain: Path
+    downstream: Path
+    index: Path
+
+    @property
+    def adaptor(self) -> Path:
+        return self.pretrain / "adaptor"
+
 
 @dataclass
 class RunResult:
     """Where each stage left its output."""
 
     source: str
-    shards: Path
+    paths: FlowPaths
     embed: EmbedResult
     pretrain: PretrainResult
+    results_md: Path | None = None
 
 
 def encoder_pair_id(image_encoder: str, text_encoder: str) -> str:
@@ -37,24 +59,40 @@ def encoder_pair_id(image_encoder: str, text_encoder: str) -> str:
     )
 
 
-def run_flow(
-    cfg: RunConfig, out: Path, *, progress: bool = True, log: Callable[[str], None] = print
-) -> RunResult:
-    """Run synth (unless a source is given), embed, then pretrain, resuming whatever is already done."""
+def flow_paths(cfg: RunConfig, out: Path) -> FlowPaths:
+    """The output folders of every stage for ``cfg`` under ``out``."""
     out = Path(out)
-    source = cfg.source
-    if source is None:
-        raw = out / "raw" / cfg.dataset
-        if (raw / "records.jsonl").is_file():
-            log(f"[synth] reusing {raw}/records.jsonl")
-        else:
-            log(f"[synth] writing {cfg.synth.n} synthetic records to {raw}")
-            generate_synthetic(
-                raw, n=cfg.synth.n, seed=cfg.synth.seed, size=cfg.synth.size, progress=progress
-            )
-        source = f"synthetic:{raw}"
+    runs = out / "runs" / cfg.dataset
+    return FlowPaths(
+        raw=out / "raw" / cfg.dataset,
+        shards=out / cfg.dataset / encoder_pair_id(cfg.embed.image_encoder, cfg.embed.text_encoder),
+        pretrain=runs / "pretrain",
+        downstream=runs / "downstream",
+        index=runs / "index",
+    )
 
-    shards = out / cfg.dataset / encoder_pair_id(cfg.embed.image_encoder, cfg.embed.text_encoder)
+
+def stage_source(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> str:
+    """The source spec to embed: ``cfg.source``, or the synthetic set (written if missing)."""
+    if cfg.source is not None:
+        return cfg.source
+    raw = flow_paths(cfg, out).raw
+    if (raw / "records.jsonl").is_file():
+        log(f"[synth] reusing {raw}/records.jsonl")
+    else:
+        log(f"[synth] writing {cfg.synth.n} synthetic records to {raw}")
+        generate_synthetic(
+            raw, n=cfg.synth.n, seed=cfg.synth.seed, size=cfg.synth.size, progress=progress
+        )
+    return f"synthetic:{raw}"
+
+
+def stage_embed(
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print
+) -> EmbedResult:
+    """Frozen encoders → embedding shards (resumes finished shards)."""
+    source = stage_source(cfg, out, progress=progress, log=log)
+    shards = flow_paths(cfg, out).shards
     log(f"[embed] {source} -> {shards}")
     result = embed(
         EmbedConfig(source=source, out=shards, progress=progress, **cfg.embed.model_dump())
@@ -63,12 +101,77 @@ def run_flow(
         f"[embed] {result.count} samples in {len(list(shards.glob('*.tar')))} shards, "
         f"{len(result.skipped)} skipped, {result.truncated_reports} reports truncated"
     )
-    run_dir = out / "runs" / cfg.dataset / "pretrain"
-    log(f"[pretrain] {shards} -> {run_dir}")
+    return result
+
+
+def stage_pretrain(
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print
+) -> PretrainResult:
+    """Contrastive Adaptor pretraining on the shards (resumes from checkpoints)."""
+    paths = flow_paths(cfg, out)
+    log(f"[pretrain] {paths.shards} -> {paths.pretrain}")
     trained = pretrain(
-        PretrainConfig(shards=str(shards), out=str(run_dir), **cfg.pretrain.model_dump()),
+        PretrainConfig(
+            shards=str(paths.shards), out=str(paths.pretrain), **cfg.pretrain.model_dump()
+        ),
         progress=progress,
         log=log,
     )
     log(f"[pretrain] {describe(trained.metrics)}")
-    return RunResult(source=source, shards=shards, embed=result, pretrain=trained)
+    return trained
+
+
+def stage_finetune(
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print
+) -> Path | None:
+    """Downstream heads from nested label splits; returns ``results.md`` (None if no tasks)."""
+    from adaptor.data.splits import load_or_make_splits
+    from adaptor.results import merge_results
+    from adaptor.shards import ShardReader
+    from adaptor.train.finetune import ClassificationConfig, finetune_classification
+
+    ft = cfg.finetune
+    if not ft.tasks:
+        return None
+    paths = flow_paths(cfg, out)
+    splits_path = paths.downstream / "splits.json"
+    meta = ShardReader(paths.shards).load().meta
+    splits, _ = load_or_make_splits(splits_path, meta, ft.fractions, ft.split_seed)
+    cells = []
+    if "classification" in ft.tasks:
+        log(f"[finetune] classification heads -> {paths.downstream}")
+        classification = ClassificationConfig(
+            shards=str(paths.shards),
+            out=str(paths.downstream),
+            adaptor=str(paths.adaptor),
+            fractions=ft.fractions,
+            seeds=ft.seeds,
+            heads=ft.heads,
+            labels=ft.labels,
+            kind=ft.kind,
+            uncertain=ft.uncertain,
+            max_epochs=ft.max_epochs,
+            workers=ft.workers,
+            address=ft.address,
+        )
+        cells += finetune_classification(
+            classification, splits, splits_path=splits_path, progress=progress, log=log
+        )
+    results_md = merge_results(paths.downstream, cells, notes=splits.warnings)
+    log(f"[finetune] results in {results_md}")
+    return results_md
+
+
+def run_flow(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> RunResult:
+    """Run every stage, resuming whatever is already done."""
+    embedded = stage_embed(cfg, out, progress=progress, log=log)
+    trained = stage_pretrain(cfg, out, progress=progress, log=log)
+    results_md = stage_finetune(cfg, out, progress=progress, log=log)
+    paths = flow_paths(cfg, out)
+    return RunResult(
+        source=cfg.source or f"synthetic:{paths.raw}",
+        paths=paths,
+        embed=embedded,
+        pretrain=trained,
+        results_md=results_md,
+    )

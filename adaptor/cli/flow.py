@@ -174,9 +174,14 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Run every stage end to end (synth → embed → pretrain), resuming whatever is already done."""
+    """Run every stage end to end (synth → embed → pretrain → finetune), resuming what is done."""
     from adaptor.run import run_flow
 
     cfg = load_config(config)
-    result = run_flow(cfg, out, progress=progress)
-    typer.echo(f"done: shards in {result.shards}, Adaptor in {result.pretrain.adaptor_dir}")
+    result = run_flow(cfg, out, progress=progress, log=typer.echo)
+    if result.results_md is not None:
+        typer.echo(result.results_md.read_text(encoding="utf-8"))
+    typer.echo(
+        f"done: shards in {result.paths.shards}, Adaptor in {result.pretrain.adaptor_dir}, "
+        f"downstream results in {result.paths.downstream}"
+    )

@@ -1,0 +1,143 @@
+"""Downstream commands: ``splits`` (nested label fractions) and ``finetune`` (heads, results)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptor.cli.app import app, friendly_errors
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+@app.command()
+@friendly_errors
+def splits(
+    shards: Annotated[
+        Path, typer.Option(help="embedding shard folder (its records' labels and splits)")
+    ],
+    out: Annotated[Path, typer.Option(help="JSON file to write the split ids to")],
+    fractions: Annotated[str, typer.Option(help="nested training fractions")] = "0.01,0.1,1",
+    seed: Annotated[int, typer.Option(help="the same seed gives the same subsets")] = 0,
+) -> None:
+    """Make nested, stratified, patient-level label fractions (1 % ⊂ 10 % ⊂ 100 %) of the train split.
+
+    Every `adaptor finetune` run given the same file (`--splits`) sees the same patients.
+    """
+    from adaptor.data.splits import make_label_splits
+    from adaptor.shards import ShardReader
+
+    made = make_label_splits(ShardReader(shards).load().meta, _floats(fractions), seed)
+    made.save(out)
+    for w in made.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    sizes = ", ".join(f"{k}: {len(v)}" for k, v in made.train.items())
+    typer.echo(
+        f"wrote {out}: train subsets ({sizes} records), val {len(made.val)}, test {len(made.test)}"
+    )
+
+
+@app.command()
+@friendly_errors
+def finetune(
+    shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
+    out: Annotated[
+        Path, typer.Option(help="results folder (results.json/md, plots); reruns resume and merge")
+    ],
+    task: Annotated[str, typer.Option(help="classification or segmentation")] = "classification",
+    adaptor: Annotated[
+        Path | None,
+        typer.Option(help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)"),
+    ] = None,
+    fractions: Annotated[str, typer.Option(help="label fractions to train from")] = "0.01,0.1,1",
+    seeds: Annotated[str, typer.Option(help="seeds per method and fraction")] = "0,1,2",
+    splits_file: Annotated[
+        Path | None,
+        typer.Option("--splits", help="split file from `adaptor splits`; default OUT/splits.json"),
+    ] = None,
+    split_seed: Annotated[int, typer.Option(help="seed for making OUT/splits.json")] = 0,
+    heads: Annotated[str, typer.Option(help="classification heads: linear, mlp")] = "linear,mlp",
+    features: Annotated[
+        str, typer.Option(help="classification features: encoder (baseline), adaptor")
+    ] = "encoder,adaptor",
+    labels: Annotated[
+        str | None, typer.Option(help="comma-separated label names (default: all)")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option(help="multilabel (one sigmoid per label) or multiclass (softmax)")
+    ] = "multilabel",
+    uncertain: Annotated[
+        str, typer.Option(help="uncertain (-1) labels: ignore, positive or negative")
+    ] = "ignore",
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="epoch limit (early stopping on val)")
+    ] = 200,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-2,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers sharing the grid")] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="HOST:PORT of a running Ray head; default: a local Ray")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train downstream heads from nested label fractions and write a results table and plots.
+
+    Classification compares heads on the frozen image encoder's own embedding (`encoder`)
+    with heads on the Adaptor's image path (`adaptor`). Results merge into OUT/results.json
+    and OUT/results.md (mean ± std over seeds), with ROC and metric-vs-fraction plots.
+    """
+    from adaptor.data.splits import load_or_make_splits
+    from adaptor.results import merge_results
+    from adaptor.shards import ShardReader
+
+    fraction_list, seed_list = _floats(fractions), _ints(seeds)
+    splits_path = splits_file or out / "splits.json"
+    meta = ShardReader(shards).load().meta
+    label_splits, made = load_or_make_splits(splits_path, meta, fraction_list, split_seed)
+    typer.echo(f"{'made' if made else 'reusing'} label splits {splits_path}")
+    if task == "classification":
+        from adaptor.train.finetune import ClassificationConfig, finetune_classification
+
+        cfg = ClassificationConfig(
+            shards=str(shards),
+            out=str(out),
+            adaptor=str(adaptor) if adaptor else None,
+            fractions=fraction_list,
+            seeds=seed_list,
+            heads=_names(heads) or [],
+            features=[f for f in _names(features) or [] if adaptor or f != "adaptor"],
+            labels=_names(labels),
+            kind=kind,
+            uncertain=uncertain,
+            max_epochs=max_epochs,
+            lr=lr,
+            workers=workers,
+            address=address,
+        )
+        if adaptor is None:
+            typer.echo("no --adaptor: training heads on the frozen encoder's features only")
+        cells = finetune_classification(
+            cfg, label_splits, splits_path=splits_path, progress=progress, log=typer.echo
+        )
+    else:
+        raise typer.BadParameter(f"unknown task {task!r}: classification or segmentation")
+    md = merge_results(out, cells)
+    typer.echo(md.read_text(encoding="utf-8"))
+    typer.echo(f"results in {out} (results.json, results.md, plots)")
