@@ -59,7 +59,7 @@ class PretrainSection(_Section):
 class FinetuneSection(_Section):
     """Downstream heads (see ``adaptor finetune --help``); ``tasks: []`` skips the stage."""
 
-    tasks: list[str] = Field(default_factory=lambda: ["classification", "segmentation"])
+    tasks: list[str] = Field(default_factory=lambda: ["classification"])
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     split_seed: int = 0
@@ -74,26 +74,13 @@ class FinetuneSection(_Section):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        unknown = set(value) - {"classification", "segmentation"}
+        unknown = set(value) - {"classification"}
         if unknown:
-            raise ValueError(f"unknown tasks {sorted(unknown)}: classification, segmentation")
+            raise ValueError(
+                f"unknown tasks {sorted(unknown)}: only classification is available "
+                "(segmentation is not finished yet)"
+            )
         return value
-
-
-class IndexSection(_Section):
-    """The retrieval index built at the end of the flow (see ``adaptor index --help``)."""
-
-    enabled: bool = True
-    factory: str | None = None
-    target_recall: float = Field(0.95, gt=0, le=1)
-    examples: list[str] = Field(
-        default_factory=lambda: [
-            "large right pleural effusion",
-            "left lower lobe opacity",
-            "no acute cardiopulmonary abnormality",
-        ],
-        description="text queries whose top hits `adaptor run` prints",
-    )
 
 
 class RunConfig(_Section):
@@ -105,7 +92,6 @@ class RunConfig(_Section):
     embed: EmbedSection = EmbedSection()
     pretrain: PretrainSection = PretrainSection()
     finetune: FinetuneSection = FinetuneSection()
-    index: IndexSection = IndexSection()
 
     @field_validator("dataset")
     @classmethod

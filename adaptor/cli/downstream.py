@@ -62,7 +62,9 @@ def finetune(
     out: Annotated[
         Path, typer.Option(help="results folder (results.json/md, plots); reruns resume and merge")
     ],
-    task: Annotated[str, typer.Option(help="classification or segmentation")] = "classification",
+    task: Annotated[
+        str, typer.Option(help="classification (segmentation is not finished yet)")
+    ] = "classification",
     adaptor: Annotated[
         Path | None,
         typer.Option(help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)"),
@@ -137,7 +139,10 @@ def finetune(
             cfg, label_splits, splits_path=splits_path, progress=progress, log=typer.echo
         )
     else:
-        raise typer.BadParameter(f"unknown task {task!r}: classification or segmentation")
+        raise typer.BadParameter(
+            f"unknown task {task!r}: only classification is available (segmentation is not "
+            "finished yet)"
+        )
     md = merge_results(out, cells)
     typer.echo(md.read_text(encoding="utf-8"))
     typer.echo(f"results in {out} (results.json, results.md, plots)")
