@@ -5,10 +5,15 @@ Records go to shards by position (shard ``i`` holds positions
 and the shard size. Finished shards are kept across runs; a rerun after a crash
 or ``kill -9`` does only the unfinished ones and ends with exactly the samples
 of an uninterrupted run. Bad records are reported, counted and skipped.
+
+Shard indices are also the unit of work on a cluster: ``EmbedConfig.only_shards``
+embeds just some of them into a job folder shared with other processes
+(:mod:`adaptor.embed_actors`), and :func:`finish_manifest` completes the folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +67,9 @@ class EmbedConfig:
     patch_tokens: bool = False
     text_states: bool = False
     progress: bool = True
+    # a share of the job (cluster actors): embed only these shard indices, leave other writers'
+    # partial files alone, and leave the manifest for the driver's finish_manifest
+    only_shards: list[int] | None = None
 
 
 @dataclass
@@ -97,13 +105,17 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
     text_encoder = build_text_encoder(cfg.text_encoder, device=device)
     members = ["image", "text"] + (["image_patches"] if cfg.patch_tokens else [])
     members += ["text_states"] if cfg.text_states else []
-    manifest = _open_output(out, cfg, source.spec, len(items), members, image_encoder, text_encoder)
+    shared = cfg.only_shards is not None
+    manifest = _open_output(
+        out, cfg, source.spec, len(items), members, image_encoder, text_encoder, shared=shared
+    )
 
-    n_shards = max(1, -(-len(items) // cfg.shard_size))
-    done = finished_shards(out)
-    pending = [i for i in range(n_shards) if i not in done]
+    n_shards = shard_count(len(items), cfg.shard_size)
+    wanted = _wanted_shards(cfg.only_shards, n_shards)
+    done = {i: info for i, info in finished_shards(out).items() if i in wanted}
+    pending = [i for i in wanted if i not in done]
     if done:
-        log(f"resuming: {len(done)} of {n_shards} shards already finished in {out}")
+        log(f"resuming: {len(done)} of {len(wanted)} shards already finished in {out}")
 
     writer = _ShardAssembler(out, items, cfg.shard_size, source.root, log, strict=cfg.strict)
     loader = _make_loader(items, pending, cfg, image_encoder.preprocess, text_encoder)
@@ -127,7 +139,7 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
     bar.close()
     loop_seconds = time.perf_counter() - loop_started
 
-    manifest = _finish_manifest(out, manifest)
+    manifest = _shares_of(out, manifest, wanted) if shared else finish_manifest(out, manifest)
     seconds = time.perf_counter() - started
     return EmbedResult(
         folder=out,
@@ -140,6 +152,20 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
         samples_per_s=encoded / loop_seconds if encoded else 0.0,
         new_skips=writer.reported,
     )
+
+
+def shard_count(total_items: int, shard_size: int) -> int:
+    """Number of shards of a job with ``total_items`` records (at least one, maybe empty)."""
+    return max(1, -(-total_items // shard_size))
+
+
+def _wanted_shards(only: list[int] | None, n_shards: int) -> list[int]:
+    if only is None:
+        return list(range(n_shards))
+    outside = sorted(i for i in only if not 0 <= i < n_shards)
+    if outside:
+        raise EmbedError(f"shard indices {outside} are outside this job's 0..{n_shards - 1}")
+    return sorted(set(only))
 
 
 def _validated_items(items: Any, *, allow_empty_reports: bool, progress: bool) -> list[SourceItem]:
@@ -179,8 +205,13 @@ def _open_output(
     members: list[str],
     image_encoder: ImageEncoder,
     text_encoder: TextEncoder,
+    *,
+    shared: bool = False,
 ) -> Manifest:
-    """Create the manifest of a new job, or check that an existing folder is this same job."""
+    """Create the manifest of a new job, or check that an existing folder is this same job.
+
+    ``shared``: other processes may be writing shards here now, so their partial files stay.
+    """
     encoders = {
         "image": {**image_encoder.info.to_dict(), "dtype": np.dtype(STORED_DTYPE).name},
         "text": {**text_encoder.info.to_dict(), "dtype": np.dtype(STORED_DTYPE).name},
@@ -203,12 +234,14 @@ def _open_output(
                 + "\n  ".join(diffs)
                 + "\nchoose another --out, or delete the folder to start over"
             )
-        remove_stale_partials(out)
+        if not shared:
+            remove_stale_partials(out)
         return old
     if out.is_dir() and any(out.glob("*.tar")):
         raise EmbedError(f"{out} holds .tar files but no manifest.json; refusing to mix shards")
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out)
+    if not shared:
+        remove_stale_partials(out)
     manifest = Manifest(
         source=source_spec,
         encoders=encoders,
@@ -419,15 +452,27 @@ class _ShardAssembler:
         }
 
 
-def _finish_manifest(out: Path, manifest: Manifest) -> Manifest:
+def _shares_of(out: Path, manifest: Manifest, wanted: list[int]) -> Manifest:
+    """A copy of ``manifest`` holding only the finished shards in ``wanted`` (not saved)."""
+    done = {i: info for i, info in finished_shards(out).items() if i in wanted}
+    return _fold(dataclasses.replace(manifest, complete=False), done)
+
+
+def finish_manifest(out: Path, manifest: Manifest | None = None) -> Manifest:
     """Fold every shard's progress record into the manifest and mark the job complete."""
+    manifest = manifest if manifest is not None else Manifest.load(out)
     done = finished_shards(out)
+    _fold(manifest, done)
+    manifest.complete = len(done) == shard_count(manifest.total_items, manifest.shard_size)
+    manifest.save(out)
+    remove_stale_partials(out)
+    return manifest
+
+
+def _fold(manifest: Manifest, done: dict[int, dict[str, Any]]) -> Manifest:
+    """Set the manifest's shard list and totals from progress records; return it."""
     manifest.shards = [ShardEntry(**done[i]["shard"]) for i in sorted(done)]
     manifest.skipped = [s for i in sorted(done) for s in done[i]["skipped"]]
     manifest.truncated_reports = sum(done[i]["truncated_reports"] for i in done)
     manifest.count = sum(s.count for s in manifest.shards)
-    expected_shards = max(1, -(-manifest.total_items // manifest.shard_size))
-    manifest.complete = len(done) == expected_shards
-    manifest.save(out)
-    remove_stale_partials(out)
     return manifest

@@ -72,32 +72,58 @@ def embed(
         bool, typer.Option(help="also store the text encoder's token states")
     ] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a running Ray head: embed with encoder actors on that cluster "
+            "(OUT must be storage every node sees); default: embed in this process"
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="with --address: encoder actors (default one per GPU or CPU slot)"
+        ),
+    ] = None,
+    cpus_per_actor: Annotated[
+        int, typer.Option(min=1, help="with --address: CPUs (torch threads) per CPU actor")
+    ] = 1,
 ) -> None:
     """Run the frozen encoders over a source and write WebDataset embedding shards.
 
     Bad records are reported, skipped and listed in manifest.json. A killed job,
     rerun with the same command, keeps its finished shards and does the rest.
+    With --address the shards are shared out to encoder actors on a Ray cluster;
+    they write the same shards as a local run.
     """
     from adaptor.embed import EmbedConfig
     from adaptor.embed import embed as run_embed
 
-    result = run_embed(
-        EmbedConfig(
-            source=source,
-            out=out,
-            image_encoder=image_encoder,
-            text_encoder=text_encoder,
-            batch_size=batch_size,
-            shard_size=shard_size,
-            loader_workers=loader_workers,
-            device=device,
-            strict=strict,
-            allow_empty_reports=allow_empty_reports,
-            patch_tokens=patch_tokens,
-            text_states=text_states,
-            progress=progress,
-        )
+    if address is None and actors is not None:
+        raise typer.BadParameter("--actors needs --address (a Ray cluster to run them on)")
+    job = EmbedConfig(
+        source=source,
+        out=out,
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        loader_workers=loader_workers,
+        device=device,
+        strict=strict,
+        allow_empty_reports=allow_empty_reports,
+        patch_tokens=patch_tokens,
+        text_states=text_states,
+        progress=progress,
     )
+    if address is None:
+        result = run_embed(job)
+    else:
+        from adaptor.embed_actors import embed_on_ray
+
+        result = embed_on_ray(
+            job, address=address, actors=actors, cpus_per_actor=cpus_per_actor, log=typer.echo
+        )
     typer.echo(
         f"{result.count} samples in {out} ({result.shards_written} shards written, "
         f"{result.shards_reused} reused); {len(result.skipped)} skipped; "

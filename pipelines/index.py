@@ -1,0 +1,42 @@
+"""Batch job ``index``: the retrieval index over the config's shards in Adaptor space.
+
+Needs ``pipelines.embed`` and ``pipelines.pretrain`` done for the same config and OUT;
+writes ``OUT/runs/<dataset>/index/`` as ``adaptor run`` does::
+
+    ray job submit --working-dir . -- \\
+        python -m pipelines.index --config pipelines/configs/default.yaml --out /data_shards
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipelines.common import (
+    ConfigOption,
+    OutOption,
+    ProgressOption,
+    open_job,
+    require_adaptor,
+    require_shards,
+    run_job,
+)
+
+
+def main(
+    config: ConfigOption,
+    out: OutOption = Path("data_shards"),
+    progress: ProgressOption = True,
+) -> None:
+    """Build (or reuse) the retrieval index of the config's shards with the trained Adaptor."""
+    from adaptor.run import stage_index
+
+    job = open_job(config, out, None)
+    require_shards(job.cfg, job.out)
+    require_adaptor(job.cfg, job.out)
+    stage_index(job.cfg, job.out, progress=progress, log=typer.echo)
+
+
+if __name__ == "__main__":
+    run_job(main)
