@@ -56,10 +56,22 @@ class PretrainSection(_Section):
     schedule: str = "cosine"
 
 
+class SegmentationSection(_Section):
+    """Segmentation decoders of the finetune stage (see ``adaptor finetune --help``)."""
+
+    methods: list[str] = Field(default_factory=lambda: ["decoder", "decoder+adaptor"])
+    image_size: int = Field(128, ge=16)
+    feature_maps: str = "cache"
+    steps: int = Field(150, ge=1)
+
+
+TASKS = ("classification", "segmentation")
+
+
 class FinetuneSection(_Section):
     """Downstream heads (see ``adaptor finetune --help``); ``tasks: []`` skips the stage."""
 
-    tasks: list[str] = Field(default_factory=lambda: ["classification"])
+    tasks: list[str] = Field(default_factory=lambda: list(TASKS))
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     split_seed: int = 0
@@ -70,16 +82,14 @@ class FinetuneSection(_Section):
     max_epochs: int = Field(200, ge=1)
     workers: int = Field(1, ge=1)
     address: str | None = None
+    segmentation: SegmentationSection = SegmentationSection()
 
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        unknown = set(value) - {"classification"}
+        unknown = set(value) - set(TASKS)
         if unknown:
-            raise ValueError(
-                f"unknown tasks {sorted(unknown)}: only classification is available "
-                "(segmentation is not finished yet)"
-            )
+            raise ValueError(f"unknown tasks {sorted(unknown)}: choose from {', '.join(TASKS)}")
         return value
 
 

@@ -157,6 +157,21 @@ def stage_finetune(
         cells += finetune_classification(
             classification, splits, splits_path=splits_path, progress=progress, log=log
         )
+    if "segmentation" in ft.tasks:
+        from adaptor.train.segmentation import SegmentationConfig, finetune_segmentation
+
+        log(f"[finetune] segmentation decoders -> {paths.downstream}")
+        segmentation = SegmentationConfig(
+            shards=str(paths.shards),
+            out=str(paths.downstream),
+            adaptor=str(paths.adaptor),
+            fractions=ft.fractions,
+            seeds=ft.seeds,
+            workers=ft.workers,
+            address=ft.address,
+            **ft.segmentation.model_dump(),
+        )
+        cells += finetune_segmentation(segmentation, splits, progress=progress, log=log)
     results_md = merge_results(paths.downstream, cells, notes=splits.warnings)
     log(f"[finetune] results in {results_md}")
     return results_md

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from adaptor.cli.app import app, friendly_errors
+from adaptor.config import TASKS
 
 
 def _floats(text: str) -> list[float]:
@@ -62,9 +63,7 @@ def finetune(
     out: Annotated[
         Path, typer.Option(help="results folder (results.json/md, plots); reruns resume and merge")
     ],
-    task: Annotated[
-        str, typer.Option(help="classification (segmentation is not finished yet)")
-    ] = "classification",
+    task: Annotated[str, typer.Option(help="classification or segmentation")] = "classification",
     adaptor: Annotated[
         Path | None,
         typer.Option(help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)"),
@@ -90,9 +89,25 @@ def finetune(
         str, typer.Option(help="uncertain (-1) labels: ignore, positive or negative")
     ] = "ignore",
     max_epochs: Annotated[
-        int, typer.Option(min=1, help="epoch limit (early stopping on val)")
+        int, typer.Option(min=1, help="classification: epoch limit (early stopping on val)")
     ] = 200,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-2,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="AdamW learning rate (default: 1e-2 classification, 2e-3 segmentation)"),
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="segmentation: decoder (baseline), decoder+adaptor")
+    ] = "decoder,decoder+adaptor",
+    feature_maps: Annotated[
+        str,
+        typer.Option(help="segmentation: cache the encoder's feature maps on disk, or online"),
+    ] = "cache",
+    image_size: Annotated[
+        int, typer.Option(min=16, help="segmentation: input and mask size in pixels")
+    ] = 128,
+    steps: Annotated[
+        int, typer.Option(min=1, help="segmentation: optimisation steps per decoder")
+    ] = 150,
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers sharing the grid")] = 1,
     address: Annotated[
         str | None, typer.Option(help="HOST:PORT of a running Ray head; default: a local Ray")
@@ -102,18 +117,24 @@ def finetune(
     """Train downstream heads from nested label fractions and write a results table and plots.
 
     Classification compares heads on the frozen image encoder's own embedding (`encoder`)
-    with heads on the Adaptor's image path (`adaptor`). Results merge into OUT/results.json
-    and OUT/results.md (mean ± std over seeds), with ROC and metric-vs-fraction plots.
+    with heads on the Adaptor's image path (`adaptor`). Segmentation compares a U-Net-style
+    decoder over the encoder's feature maps (`decoder`) with the same decoder given the
+    Adaptor's image embedding at its bottleneck (`decoder+adaptor`). Results merge into
+    OUT/results.json and OUT/results.md (mean ± std over seeds), with ROC,
+    metric-vs-fraction and segmentation-overlay plots.
     """
     from adaptor.data.splits import load_or_make_splits
     from adaptor.results import merge_results
     from adaptor.shards import ShardReader
 
+    if task not in TASKS:
+        raise ValueError(f"unknown --task {task!r}: choose {' or '.join(TASKS)}")
     fraction_list, seed_list = _floats(fractions), _ints(seeds)
     splits_path = splits_file or out / "splits.json"
     meta = ShardReader(shards).load().meta
     label_splits, made = load_or_make_splits(splits_path, meta, fraction_list, split_seed)
     typer.echo(f"{'made' if made else 'reusing'} label splits {splits_path}")
+    optimiser = {"lr": lr} if lr is not None else {}  # else each task's own default
     if task == "classification":
         from adaptor.train.finetune import ClassificationConfig, finetune_classification
 
@@ -129,7 +150,7 @@ def finetune(
             kind=kind,
             uncertain=uncertain,
             max_epochs=max_epochs,
-            lr=lr,
+            **optimiser,
             workers=workers,
             address=address,
         )
@@ -138,10 +159,30 @@ def finetune(
         cells = finetune_classification(
             cfg, label_splits, splits_path=splits_path, progress=progress, log=typer.echo
         )
-    else:
-        raise typer.BadParameter(
-            f"unknown task {task!r}: only classification is available (segmentation is not "
-            "finished yet)"
+    else:  # segmentation
+        from adaptor.train.segmentation import SegmentationConfig, finetune_segmentation
+
+        chosen = [m for m in _names(methods) or [] if adaptor or m != "decoder+adaptor"]
+        if adaptor is None:
+            typer.echo("no --adaptor: training the plain decoder only")
+        cells = finetune_segmentation(
+            SegmentationConfig(
+                shards=str(shards),
+                out=str(out),
+                adaptor=str(adaptor) if adaptor else None,
+                fractions=fraction_list,
+                seeds=seed_list,
+                methods=chosen,
+                image_size=image_size,
+                feature_maps=feature_maps,
+                steps=steps,
+                **optimiser,
+                workers=workers,
+                address=address,
+            ),
+            label_splits,
+            progress=progress,
+            log=typer.echo,
         )
     md = merge_results(out, cells)
     typer.echo(md.read_text(encoding="utf-8"))

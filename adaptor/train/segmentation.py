@@ -1,0 +1,614 @@
+"""Segmentation decoders on the frozen image encoder's feature maps, with and without the Adaptor.
+
+Methods: ``decoder`` (a U-Net-style decoder over the encoder's multi-scale maps) and
+``decoder+adaptor`` (the same decoder with the frozen Adaptor's image embedding of each
+record injected at the bottleneck). Every method × label fraction × seed is one cell of a
+:func:`~adaptor.train.grid.run_grid` run, so a rerun resumes finished cells.
+
+Inputs. Each record's image goes through the image encoder's own preprocessing (resize,
+centre crop), at ``image_size`` when set; its mask (PNG, RLE or boxes, see
+:func:`~adaptor.data.masks.load_mask`) goes through the same resize and crop, nearest
+neighbour. A record without a mask is a negative (nothing to segment) for layouts where
+every positive carries one (synthetic, SIIM-ACR, RSNA boxes) and is left out of
+segmentation elsewhere (``unannotated="auto"``; ``negative``/``skip`` force either).
+
+Feature maps. ``feature_maps="cache"`` (the default) extracts the deepest ``levels`` maps
+once into a float16 cache beside the shards (:mod:`adaptor.shards.feature_maps`);
+``"online"`` runs the encoder on every training batch instead. Caching wins by far on CPU
+(``benchmarks/segmentation.py``): the encoder's forward costs more than a decoder step,
+and the grid trains many decoders on the same images.
+
+Training. Every cell takes the same number of optimisation steps (``steps``; a small
+fraction is cycled through many epochs, the full one through few), AdamW on BCE + soft
+Dice, validation Dice every ``eval_every`` steps, early stopping after ``patience``
+evaluations without improvement, and the best weights scored on the test split:
+aggregate Dice and IoU plus per-image values (:mod:`adaptor.train.segmentation_metrics`).
+A training subset without any foreground pixel cannot teach a decoder anything: its cell
+is not trained, its metrics are undefined (``None``) and a warning says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adaptor.atomic import atomic_open
+from adaptor.data.sources import open_source
+from adaptor.data.splits import LabelSplits, fraction_key
+from adaptor.encoders import build_image_encoder
+from adaptor.errors import AdaptorError
+from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
+from adaptor.model import load_adaptor_for
+from adaptor.results import CellResult
+from adaptor.shards import ShardReader
+from adaptor.shards.feature_maps import (
+    FeatureMapCache,
+    SegmentationInputs,
+    build_feature_cache,
+    cache_folder,
+    load_record,
+    probe_feature_shapes,
+    resized_preprocess,
+    resolve_unannotated,
+)
+from adaptor.train.grid import GridCell, run_grid
+from adaptor.train.segmentation_metrics import SegmentationScores
+
+METHODS = ("decoder", "decoder+adaptor")
+FEATURE_MODES = ("cache", "online")
+OVERLAYS_NAME = "segmentation_overlays.png"
+
+
+class SegmentationError(AdaptorError, ValueError):
+    """A segmentation setup that cannot run on the given shards."""
+
+
+@dataclass
+class SegmentationConfig:
+    """What ``adaptor finetune --task segmentation`` trains.
+
+    ``image_size`` None keeps the encoder's own input size; the default 128 px makes the
+    embedded default fit its time budget (≈3x fewer encoder FLOPs than 224 px for
+    EfficientNet-Lite0). ``levels`` keeps the deepest maps (4: strides 4–32 for
+    EfficientNet-Lite0; its stride-2 map alone would double the cache).
+    """
+
+    shards: str
+    out: str
+    adaptor: str | None = None
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    image_size: int | None = 128
+    levels: int = 4
+    feature_maps: str = "cache"
+    cache_dir: str | None = None
+    unannotated: str = "auto"
+    steps: int = 150
+    eval_every: int = 25
+    patience: int = 3
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    overlay_images: int = 4
+    extract_batch_size: int = 32
+    loader_workers: int = 0
+    workers: int = 1
+    address: str | None = None
+
+
+@dataclass
+class SegmentationPlan:
+    """Everything the grid needs: the cells, the data they share, where results go."""
+
+    cells: list[GridCell]
+    shared: dict[str, Any]
+    run_dir: Path
+    skipped: list[dict[str, str]]
+
+
+def finetune_segmentation(
+    cfg: SegmentationConfig,
+    splits: LabelSplits,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[CellResult]:
+    """Train and test every method × fraction × seed; write the overlay grid; return the cells."""
+    plan = plan_segmentation(cfg, splits, progress=progress, log=log)
+    results = run_grid(
+        plan.cells,
+        train_segmentation_cell,
+        shared=plan.shared,
+        run_dir=plan.run_dir,
+        workers=cfg.workers,
+        address=cfg.address,
+        progress=progress,
+        log=log,
+        desc="segmentation decoders",
+    )
+    out = [CellResult.from_dict(results[c.key]) for c in plan.cells]
+    for cell in out:
+        cell.extra["skipped_records"] = len(plan.skipped)
+        for w in cell.extra.get("warnings", []):
+            log(f"warning: {cell.method} {cell.fraction:g} seed {cell.seed}: {w}")
+    plot_overlays(
+        plan.run_dir,
+        plan.shared,
+        cells=[c for c in plan.cells if c.params["seed"] == cfg.seeds[0]],
+        path=Path(cfg.out) / OVERLAYS_NAME,
+    )
+    return out
+
+
+def plan_segmentation(
+    cfg: SegmentationConfig,
+    splits: LabelSplits,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SegmentationPlan:
+    """Check the inputs, fill the feature-map cache (``feature_maps="cache"``), list the cells."""
+    shards = Path(cfg.shards).resolve()
+    reader = ShardReader(shards)
+    _check_config(cfg)
+    if "decoder+adaptor" in cfg.methods:
+        load_adaptor_for(Path(cfg.adaptor), reader.manifest, shards)  # fail before any work
+    source = reader.manifest.source
+    unannotated = resolve_unannotated(cfg.unannotated, source)
+    if unannotated == "skip":
+        log("segmentation: records without a mask are left out (their source may omit masks)")
+    meta = {row["id"]: row for row in reader.load(members=()).meta}
+    needed = _needed_ids(cfg, splits)
+    unknown = [i for i in needed if i not in meta]
+    if unknown:
+        raise SegmentationError(
+            f"the label splits name {len(unknown)} record(s) not in {shards} (e.g. "
+            f"{unknown[0]!r}); they were made for other data"
+        )
+    encoder_info = reader.manifest.encoders["image"]
+    encoder = build_image_encoder(encoder_info["name"])
+    if encoder.info.fingerprint != encoder_info.get("fingerprint"):
+        raise SegmentationError(
+            f"image encoder {encoder_info['name']!r} builds with other weights than the ones "
+            f"that made {shards}; feature maps would not match the embeddings"
+        )
+    inputs = SegmentationInputs(
+        root=open_source(source).root,
+        preprocess=resized_preprocess(encoder.preprocess, cfg.image_size),
+        unannotated=unannotated,
+    )
+    shapes = probe_feature_shapes(encoder, inputs.preprocess.size)[-cfg.levels :]
+    cache_parent = Path(cfg.cache_dir) if cfg.cache_dir else shards / "feature_maps"
+    cache_path = cache_folder(
+        cache_parent, encoder.info.to_dict(), inputs.preprocess.size, cfg.levels, unannotated
+    )
+    skipped: list[dict[str, str]] = []
+    if cfg.feature_maps == "cache":
+        log(f"segmentation: feature maps of {len(needed)} records -> {cache_path}")
+        cache, skipped = build_feature_cache(
+            cache_path,
+            encoder,
+            [meta[i] for i in needed],
+            inputs,
+            source=source,
+            levels=cfg.levels,
+            batch_size=cfg.extract_batch_size,
+            loader_workers=cfg.loader_workers,
+            progress=progress,
+            log=log,
+        )
+        log(f"segmentation: cache holds {len(cache.ids)} records, {cache.nbytes() / 1e6:.0f} MB")
+
+    shared = {
+        "shards": str(shards),
+        "adaptor": str(Path(cfg.adaptor).resolve()) if cfg.adaptor else None,
+        "cache": str(cache_path),
+        "encoder": encoder_info["name"],
+        "fingerprint": encoder_info["fingerprint"],
+        "inputs": {
+            "root": str(inputs.root),
+            "preprocess": inputs.preprocess.to_dict(),
+            "unannotated": unannotated,
+        },
+        "map_shapes": [list(s) for s in shapes],
+        "records": {i: meta[i] for i in needed} if cfg.feature_maps == "online" else {},
+        "train": {fraction_key(f): splits.train_ids(f) for f in cfg.fractions},
+        "val": list(splits.val),
+        "test": list(splits.test),
+        "overlay_ids": _overlay_ids(splits.test, meta, skipped, cfg.overlay_images),
+        "config": {
+            k: v
+            for k, v in asdict(cfg).items()
+            if k not in ("workers", "address", "loader_workers", "cache_dir")
+        },
+    }
+    run_dir = Path(cfg.out).resolve() / "runs" / f"segmentation-{_config_hash(shared)}"
+    shared["run_dir"] = str(run_dir)
+    cells = [
+        GridCell(
+            key=f"{method}__{fraction:g}__seed{seed}",
+            params={"method": method, "fraction": fraction, "seed": seed},
+        )
+        for method in cfg.methods
+        for fraction in cfg.fractions
+        for seed in cfg.seeds
+    ]
+    return SegmentationPlan(cells=cells, shared=shared, run_dir=run_dir, skipped=skipped)
+
+
+def _check_config(cfg: SegmentationConfig) -> None:
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise SegmentationError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if "decoder+adaptor" in cfg.methods and not cfg.adaptor:
+        raise SegmentationError(
+            "method 'decoder+adaptor' needs --adaptor (a folder from `adaptor pretrain`)"
+        )
+    if cfg.feature_maps not in FEATURE_MODES:
+        raise SegmentationError(
+            f"unknown feature_maps {cfg.feature_maps!r}; choose {' or '.join(FEATURE_MODES)}"
+        )
+    for name in ("levels", "steps", "eval_every", "patience", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise SegmentationError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if not cfg.seeds or not cfg.fractions:
+        raise SegmentationError("give at least one seed and one label fraction")
+
+
+def _needed_ids(cfg: SegmentationConfig, splits: LabelSplits) -> list[str]:
+    """Every record some cell trains, validates or tests on, in a stable order."""
+    ids: dict[str, None] = {}
+    for f in sorted(cfg.fractions, reverse=True):
+        ids.update(dict.fromkeys(splits.train_ids(f)))
+    ids.update(dict.fromkeys(splits.val))
+    ids.update(dict.fromkeys(splits.test))
+    return list(ids)
+
+
+def _overlay_ids(
+    test: Sequence[str], meta: dict[str, dict[str, Any]], skipped: list[dict[str, str]], k: int
+) -> list[str]:
+    """The first ``k`` test records that carry a mask (and were not skipped)."""
+    bad = {s["id"] for s in skipped}
+    return [i for i in test if meta[i].get("mask") is not None and i not in bad][:k]
+
+
+def _config_hash(shared: dict[str, Any]) -> str:
+    """Identifies a setup (config, splits, encoder, Adaptor weights) so a rerun reuses its cells."""
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode())
+    weights = Path(shared["adaptor"] or "") / "model.safetensors"
+    if weights.is_file():
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+# ---------------------------------------------------------------- worker side
+
+_PREPARED: dict[str, _WorkerData] = {}
+
+
+class _WorkerData:
+    """What every cell of a worker shares: the features source, masks, Adaptor embeddings."""
+
+    def __init__(self, shared: dict[str, Any]):
+        self.shared = shared
+        self.levels = len(shared["map_shapes"])
+        self.online = shared["config"]["feature_maps"] == "online"
+        if self.online:
+            self._load_online(shared)
+        else:
+            self.cache = FeatureMapCache(Path(shared["cache"]))
+            self.available = set(self.cache.ids)
+        self.embeddings: dict[str, Tensor] = {}
+        if shared["adaptor"]:
+            self.embeddings = _adaptor_embeddings(shared["shards"], shared["adaptor"])
+        self._subsets: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def _load_online(self, shared: dict[str, Any]) -> None:
+        from adaptor.encoders import ImagePreprocess
+
+        spec = shared["inputs"]
+        pre = spec["preprocess"]
+        inputs = SegmentationInputs(
+            root=Path(spec["root"]),
+            preprocess=ImagePreprocess(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}
+            ),
+            unannotated=spec["unannotated"],
+        )
+        self.encoder = build_image_encoder(shared["encoder"])
+        self.pixels: dict[str, Tensor] = {}
+        self.masks: dict[str, Tensor] = {}
+        for record_id, row in shared["records"].items():
+            try:
+                loaded = load_record(row, inputs, log=lambda _: None)
+            except AdaptorError:
+                continue
+            if loaded is not None:
+                self.pixels[record_id] = loaded[0].to(torch.float16)
+                self.masks[record_id] = torch.from_numpy(loaded[1])
+        self.available = set(self.pixels)
+
+    def subset(self, ids: Sequence[str]) -> dict[str, Any]:
+        """Masks, embeddings and (cache mode) feature maps of ``ids``, held in memory."""
+        key = tuple(ids)
+        if key in self._subsets:
+            return self._subsets[key]
+        ids = [i for i in ids if i in self.available]
+        if self.online:
+            data = {
+                "pixels": torch.stack([self.pixels[i] for i in ids]) if ids else None,
+                "mask": torch.stack([self.masks[i] for i in ids]) if ids else None,
+            }
+        else:
+            got = self.cache.gather(ids, [f"map{k}" for k in range(self.levels)] + ["mask"])
+            data = {"maps": [got[f"map{k}"] for k in range(self.levels)], "mask": got["mask"]}
+        data["ids"] = ids
+        if self.embeddings:
+            data["embedding"] = torch.stack([self.embeddings[i] for i in ids]) if ids else None
+        if len(self._subsets) > 8:  # training subsets change per fraction; keep memory bounded
+            self._subsets.pop(next(iter(self._subsets)))
+        self._subsets[key] = data
+        return data
+
+    def maps(self, data: dict[str, Any], index: Tensor) -> list[Tensor]:
+        """The feature maps of rows ``index`` of a subset (run through the encoder when online)."""
+        if self.online:
+            return self.encoder.feature_maps(data["pixels"][index].float())[-self.levels :]
+        return [m[index] for m in data["maps"]]
+
+
+def _adaptor_embeddings(shards: str, adaptor_dir: str) -> dict[str, Tensor]:
+    """The frozen Adaptor's image-path embedding of every record in the shards, by id."""
+    reader = ShardReader(shards)
+    adaptor = load_adaptor_for(Path(adaptor_dir), reader.manifest, Path(shards))
+    table = reader.load(members=("image",))
+    with torch.inference_mode():
+        fused = torch.cat([adaptor.encode_image(b) for b in table.arrays["image"].split(1024)])
+    return dict(zip(table.ids, fused.clone(), strict=True))
+
+
+def _worker_data(shared: dict[str, Any]) -> _WorkerData:
+    key = json.dumps(shared, sort_keys=True)
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[key] = _WorkerData(shared)
+    return _PREPARED[key]
+
+
+def train_segmentation_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
+    """Train one decoder (one method × fraction × seed) and score it on the test split."""
+    data = _worker_data(shared)
+    cfg = shared["config"]
+    method, fraction, seed = cell.params["method"], cell.params["fraction"], cell.params["seed"]
+    use_embedding = method == "decoder+adaptor"
+    train = data.subset(shared["train"][fraction_key(fraction)])
+    val, test = data.subset(shared["val"]), data.subset(shared["test"])
+    torch.manual_seed(seed)
+    embedding_dim = next(iter(data.embeddings.values())).shape[0] if use_embedding else None
+    decoder = SegmentationDecoder([s[0] for s in shared["map_shapes"]], embedding_dim=embedding_dim)
+    result = CellResult(
+        task="segmentation",
+        method=method,
+        fraction=fraction,
+        seed=seed,
+        metrics={},
+        trainable_parameters=decoder.num_trainable_parameters(),
+    )
+    n_train = len(train["ids"])
+    positives = int((train["mask"].flatten(1).any(1)).sum()) if n_train else 0
+    result.extra = {"train_records": n_train, "train_positives": positives, "warnings": []}
+    if positives == 0:
+        result.metrics = SegmentationScores().compute()  # every score undefined
+        result.extra["warnings"].append(
+            f"the {fraction:g} training subset has no record with a non-empty mask; "
+            "nothing to learn, so its metrics are undefined"
+        )
+        return result.to_dict()
+    if not val["ids"] or not test["ids"]:
+        raise SegmentationError("segmentation needs records in the val and test splits")
+
+    started = time.perf_counter()
+    best = _fit(decoder, data, train, val, cfg, seed, use_embedding)
+    seconds = time.perf_counter() - started
+    decoder.load_state_dict(best["state"])
+    scores, per_image = _score(decoder, data, test, cfg["batch_size"], use_embedding)
+    result.metrics = scores
+    result.extra.update(
+        {
+            "best_step": best["step"],
+            "val_dice": best["score"],
+            "steps": best["steps_run"],
+            "train_samples_per_s": best["seen"] / seconds if seconds > 0 else 0.0,
+            "image_size": list(shared["inputs"]["preprocess"]["size"]),
+            "feature_maps": "online" if data.online else "cache",
+            "per_image": per_image,
+        }
+    )
+    _save_overlay_predictions(decoder, data, shared, cell.key, use_embedding)
+    return result.to_dict()
+
+
+def _fit(
+    decoder: SegmentationDecoder,
+    data: _WorkerData,
+    train: dict[str, Any],
+    val: dict[str, Any],
+    cfg: dict[str, Any],
+    seed: int,
+    use_embedding: bool,
+) -> dict[str, Any]:
+    """Fixed-step AdamW training with early stopping on the validation Dice."""
+    optimizer = torch.optim.AdamW(
+        decoder.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
+    generator = torch.Generator().manual_seed(seed)
+    n, batch = len(train["ids"]), min(cfg["batch_size"], len(train["ids"]))
+    out_size = train["mask"].shape[-2:]
+    best = {"score": -1.0, "step": 0, "state": None, "seen": 0, "steps_run": 0}
+    order, cursor, stale = torch.randperm(n, generator=generator), 0, 0
+    for step in range(1, cfg["steps"] + 1):
+        if cursor + batch > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        index = order[cursor : cursor + batch]
+        cursor += batch
+        decoder.train()
+        embedding = train["embedding"][index] if use_embedding else None
+        logits = decoder(data.maps(train, index), embedding, out_size=out_size)
+        loss = segmentation_loss(logits, train["mask"][index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        best["seen"] += len(index)
+        best["steps_run"] = step
+        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
+            score = _score(decoder, data, val, cfg["batch_size"], use_embedding)[0]["dice"]
+            score = -1.0 if score is None else score
+            if best["state"] is None or score > best["score"]:
+                state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+                best.update(score=score, step=step, state=state)
+                stale = 0
+            else:
+                stale += 1
+                if stale >= cfg["patience"]:
+                    break
+    return best
+
+
+@torch.no_grad()
+def _predict(
+    decoder: SegmentationDecoder,
+    data: _WorkerData,
+    subset: dict[str, Any],
+    batch_size: int,
+    use_embedding: bool,
+) -> Tensor:
+    """Binary masks ``[N, H, W]`` predicted for every row of a subset."""
+    decoder.eval()
+    out_size = subset["mask"].shape[-2:]
+    preds = []
+    for index in torch.arange(len(subset["ids"])).split(max(batch_size, 32)):
+        embedding = subset["embedding"][index] if use_embedding else None
+        logits = decoder(data.maps(subset, index), embedding, out_size=out_size)
+        preds.append(logits[:, 0] > 0)
+    return torch.cat(preds)
+
+
+def _score(
+    decoder: SegmentationDecoder,
+    data: _WorkerData,
+    subset: dict[str, Any],
+    batch_size: int,
+    use_embedding: bool,
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Dice and IoU (aggregate and per image) of a subset's predictions."""
+    scores = SegmentationScores()
+    scores.update(_predict(decoder, data, subset, batch_size, use_embedding), subset["mask"])
+    per_image = {
+        "ids": subset["ids"],
+        "dice": [None if v is None else round(v, 4) for v in scores.image_dice],
+        "iou": [None if v is None else round(v, 4) for v in scores.image_iou],
+    }
+    return scores.compute(), per_image
+
+
+def _save_overlay_predictions(
+    decoder: SegmentationDecoder,
+    data: _WorkerData,
+    shared: dict[str, Any],
+    key: str,
+    use_embedding: bool,
+) -> None:
+    """Predicted masks of the overlay records, for :func:`plot_overlays`."""
+    subset = data.subset(shared["overlay_ids"])
+    if not subset["ids"]:
+        return
+    pred = _predict(decoder, data, subset, len(subset["ids"]), use_embedding)
+    with atomic_open(_overlay_file(Path(shared["run_dir"]), key), "wb") as fh:
+        np.savez_compressed(fh, ids=np.array(subset["ids"]), pred=pred.numpy().astype(np.uint8))
+
+
+def _overlay_file(run_dir: Path, key: str) -> Path:
+    return run_dir / "overlays" / f"{key}.npz"
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def plot_overlays(
+    run_dir: Path, shared: dict[str, Any], cells: Sequence[GridCell], path: Path
+) -> Path | None:
+    """A grid of test images: image, true mask, then each cell's predicted mask (red overlay).
+
+    Columns are ``cells`` (one seed, every method × fraction) in order; a cell whose
+    predictions are missing shows an empty panel. Returns ``path``, or None without images.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adaptor.encoders import ImagePreprocess
+    from adaptor.shards.feature_maps import grey_view
+
+    ids = shared["overlay_ids"]
+    if not ids:
+        return None
+    spec = shared["inputs"]
+    preprocess = ImagePreprocess(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["preprocess"].items()}
+    )
+    inputs = SegmentationInputs(Path(spec["root"]), preprocess, spec["unannotated"])
+    reader_meta = {r["id"]: r for r in ShardReader(shared["shards"]).load(members=()).meta}
+    shown = []
+    for record_id in ids:
+        try:
+            pixels, mask = load_record(reader_meta[record_id], inputs, log=lambda _: None)
+        except AdaptorError:  # reported when the cells were trained
+            continue
+        shown.append((record_id, grey_view(pixels, preprocess), mask))
+    if not shown:
+        return None
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    for cell in cells:
+        file = _overlay_file(run_dir, cell.key)
+        if file.is_file():
+            with np.load(file) as saved:
+                preds[cell.key] = dict(zip(saved["ids"].tolist(), saved["pred"], strict=True))
+    titles = ["image", "truth"] + [
+        f"{c.params['method']}\n{c.params['fraction'] * 100:g} % labels" for c in cells
+    ]
+    fig, axes = plt.subplots(
+        len(shown), len(titles), figsize=(1.9 * len(titles), 1.9 * len(shown)), squeeze=False
+    )
+    for r, (record_id, image, mask) in enumerate(shown):
+        panels = [None, mask] + [preds.get(c.key, {}).get(record_id) for c in cells]
+        for c, (ax, overlay) in enumerate(zip(axes[r], panels, strict=True)):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            if overlay is not None:
+                ax.imshow(np.ma.masked_equal(overlay, 0), cmap="autumn", alpha=0.55, vmin=0, vmax=1)
+            elif c > 1:
+                ax.text(0.5, 0.5, "n/a", color="white", ha="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=7)
+        axes[r][0].set_ylabel(record_id, fontsize=6)
+    fig.suptitle("segmentation on test images (red: mask)", fontsize=9)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    return path

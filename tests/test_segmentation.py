@@ -1,0 +1,388 @@
+"""Segmentation: decoder shapes per encoder, Dice/IoU by hand, masks into the cache, bad input,
+and a tiny end-to-end ``finetune_segmentation`` under Ray Train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adaptor.data.masks import rle_encode
+from adaptor.data.splits import LabelSplits, make_label_splits
+from adaptor.embed import EmbedConfig, embed
+from adaptor.encoders import ImagePreprocess, build_image_encoder
+from adaptor.errors import AdaptorError
+from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
+from adaptor.model import Adaptor, AdaptorConfig, AdaptorMismatchError
+from adaptor.results import merge_results
+from adaptor.shards import ShardReader
+from adaptor.shards.feature_maps import (
+    SegmentationInputs,
+    build_feature_cache,
+    load_record,
+    probe_feature_shapes,
+    resized_preprocess,
+    resolve_unannotated,
+    transform_mask,
+)
+from adaptor.train.segmentation import (
+    OVERLAYS_NAME,
+    SegmentationConfig,
+    SegmentationError,
+    finetune_segmentation,
+    plan_segmentation,
+    train_segmentation_cell,
+)
+from adaptor.train.segmentation_metrics import SegmentationScores
+
+# A preprocessing with no crop and no normalisation: geometry is a plain resize.
+PLAIN = ImagePreprocess(size=(16, 16), mean=(0.0,) * 3, std=(1.0,) * 3, interpolation="bilinear")
+
+
+# ---------------------------------------------------------------- decoder and metrics
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("efficientnet-lite0", None),
+        ("efficientnet-lite0", 128),
+        ("timm:resnet18@random", 96),
+        ("timm:vit_tiny_patch16_224@random", None),
+    ],
+)
+def test_decoder_output_matches_the_mask_for_each_encoder(
+    name: str, size: int | None, synthetic_dir: Path
+) -> None:
+    encoder = build_image_encoder(name)
+    inputs = SegmentationInputs(
+        synthetic_dir, resized_preprocess(encoder.preprocess, size), "negative"
+    )
+    rows = [json.loads(x) for x in (synthetic_dir / "records.jsonl").read_text().splitlines()]
+    pixels, mask = load_record(next(r for r in rows if r["mask"]), inputs)
+    assert mask.shape == pixels.shape[1:] == inputs.preprocess.size and mask.any()
+    maps = encoder.feature_maps(pixels[None])
+    assert [tuple(m.shape[1:]) for m in maps] == probe_feature_shapes(
+        encoder, inputs.preprocess.size
+    )
+    for embedding_dim in (None, 32):
+        decoder = SegmentationDecoder([m.shape[1] for m in maps], embedding_dim=embedding_dim)
+        embedding = torch.randn(1, 32) if embedding_dim else None
+        logits = decoder(maps, embedding, out_size=mask.shape)
+        assert logits.shape == (1, 1, *mask.shape)
+        segmentation_loss(logits, torch.from_numpy(mask)[None]).backward()
+        assert all(p.grad is not None for p in decoder.parameters())
+
+
+def test_decoder_refuses_maps_or_embedding_it_was_not_built_for() -> None:
+    decoder = SegmentationDecoder([8, 16])
+    maps = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4)]
+    with pytest.raises(ValueError, match="channels"):
+        decoder(maps[::-1], out_size=(32, 32))
+    with pytest.raises(ValueError, match="without an embedding"):
+        decoder(maps, torch.zeros(1, 4), out_size=(32, 32))
+    with_embedding = SegmentationDecoder([8, 16], embedding_dim=4)
+    assert with_embedding.num_trainable_parameters() > decoder.num_trainable_parameters()
+    with pytest.raises(ValueError, match="takes an embedding"):
+        with_embedding(maps, out_size=(32, 32))
+
+
+def test_dice_and_iou_against_hand_computed_values() -> None:
+    truth = torch.zeros(4, 4, 4, dtype=torch.uint8)
+    pred = torch.zeros_like(truth)
+    truth[0, :2, :2] = 1  # 4 true pixels
+    pred[0, :2, :3] = 1  # 6 predicted: TP 4, FP 2
+    pred[1, 0, 0] = 1  # a negative image with one false positive
+    truth[3, 3, 3] = 1  # a missed positive: FN 1
+    scores = SegmentationScores()
+    scores.update(pred[:2], truth[:2])  # two batches, as in evaluation
+    scores.update(pred[2:], truth[2:])
+    got = scores.compute()
+    # pooled: TP 4, FP 3, FN 1 -> Dice 8 / 12, IoU 4 / 8
+    assert got["dice"] == pytest.approx(8 / 12)
+    assert got["iou"] == pytest.approx(4 / 8)
+    # per image: image 0 Dice 8/10, IoU 4/6; image 1 Dice 0; image 2 empty/empty; image 3 Dice 0
+    assert scores.image_dice == pytest.approx([0.8, 0.0, None, 0.0])
+    assert scores.image_iou == pytest.approx([4 / 6, 0.0, None, 0.0])
+    assert got["dice_per_image"] == pytest.approx(0.4)  # images with a true mask: 0 and 3
+    assert got["iou_per_image"] == pytest.approx(1 / 3)
+    assert got["empty_accuracy"] == pytest.approx(0.5)  # negatives 1 (wrong) and 2 (right)
+
+
+def test_scores_with_nothing_to_measure_are_undefined() -> None:
+    scores = SegmentationScores()
+    scores.update(torch.zeros(2, 3, 3), torch.zeros(2, 3, 3))
+    got = scores.compute()
+    assert got["dice"] is None and got["iou"] is None and got["dice_per_image"] is None
+    assert got["empty_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="one shape"):
+        scores.update(torch.zeros(1, 3, 3), torch.zeros(1, 4, 4))
+
+
+# ---------------------------------------------------------------- masks into the cache
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_masks_from_png_rle_and_boxes_reach_the_cache(tmp_path: Path) -> None:
+    """A 32x32 image whose left half is foreground, given as PNG, RLE and boxes, and a
+    mask PNG at half the image size (resized with a warning)."""
+    image = (np.arange(32 * 32).reshape(32, 32) % 251).astype(np.uint8)
+    _write_png(tmp_path / "images" / "a.png", image)
+    left = np.zeros((32, 32), np.uint8)
+    left[:, :16] = 1
+    _write_png(tmp_path / "masks" / "a.png", left * 255)
+    small = np.zeros((16, 16), np.uint8)
+    small[:, :8] = 255
+    _write_png(tmp_path / "masks" / "small.png", small)
+    base = {"image": "images/a.png", "split": "train"}
+    rows = [
+        {**base, "id": "png", "mask": "masks/a.png"},
+        {**base, "id": "rle", "mask": rle_encode(left)},
+        {**base, "id": "boxes", "mask": [[0, 0, 16, 32]]},
+        {**base, "id": "small", "mask": "masks/small.png"},
+        {**base, "id": "none", "mask": None},
+        {**base, "id": "bad-rle", "mask": "5 4 3"},
+        {"id": "no-image", "image": "images/missing.png", "mask": None, "split": "train"},
+    ]
+    encoder = build_image_encoder("timm:resnet18@random")
+    inputs = SegmentationInputs(tmp_path, resized_preprocess(encoder.preprocess, 64), "negative")
+    logged: list[str] = []
+    cache, skipped = build_feature_cache(
+        tmp_path / "cache",
+        encoder,
+        rows,
+        inputs,
+        source="jsonl:x",
+        levels=3,
+        progress=False,
+        log=logged.append,
+        chunk_size=4,
+    )
+    assert sorted(cache.ids) == sorted(["png", "rle", "boxes", "small", "none"])
+    assert {s["id"] for s in skipped} == {"bad-rle", "no-image"}
+    assert any("odd number" in s["reason"] for s in skipped if s["id"] == "bad-rle")
+    assert any("small.png" in line and "resizing" in line for line in logged)
+    got = cache.gather(["png", "rle", "boxes", "small", "none"], ["mask", "image", "map0"])
+    expected = transform_mask(left, inputs.preprocess)
+    assert expected.shape == (64, 64) and 0 < expected.mean() < 1
+    for i in range(4):
+        assert np.array_equal(got["mask"][i].numpy(), expected)
+    assert not got["mask"][4].any()  # no mask = negative under this policy
+    assert got["map0"].dtype == torch.float16 and got["map0"].shape[0] == 5
+    assert [m.shape[1:] for m in cache.maps(["png"])] == [torch.Size(s) for s in cache.map_shapes]
+    # a rerun extracts nothing new and keeps the same chunks
+    chunks = sorted(p.name for p in (tmp_path / "cache").glob("chunk-*"))
+    again, _ = build_feature_cache(
+        tmp_path / "cache", encoder, rows[:5], inputs, source="jsonl:x", levels=3, progress=False
+    )
+    assert sorted(p.name for p in (tmp_path / "cache").glob("chunk-*")) == chunks
+    assert torch.equal(
+        again.gather(["rle"], ["map1"])["map1"], cache.gather(["rle"], ["map1"])["map1"]
+    )
+    # the same folder for another job is refused
+    with pytest.raises(AdaptorError, match="another job"):
+        build_feature_cache(
+            tmp_path / "cache",
+            encoder,
+            rows[:1],
+            inputs,
+            source="jsonl:x",
+            levels=2,
+            progress=False,
+        )
+
+
+def test_mask_geometry_follows_the_image_resize_and_crop() -> None:
+    """Left-half mask on a 20x40 (h x w) image; shortest side to 16/0.5 = 32, crop 16 centre."""
+    mask = np.zeros((20, 40), np.uint8)
+    mask[:, :20] = 1
+    pre = ImagePreprocess(size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.5)
+    out = transform_mask(mask, pre)
+    # resized to 32x64: foreground columns 0..31; the crop keeps columns 24..39 -> 8 left
+    assert out.shape == (16, 16)
+    assert out[:, :8].all() and not out[:, 8:].any()
+    assert np.array_equal(transform_mask(mask, PLAIN)[:, :8], np.ones((16, 8), np.uint8))
+
+
+def test_unannotated_records_follow_the_source_policy(tmp_path: Path) -> None:
+    assert resolve_unannotated("auto", "synthetic:/data") == "negative"
+    assert resolve_unannotated("auto", "siim-acr:/data") == "negative"
+    assert resolve_unannotated("auto", "csv:/data/studies.csv") == "skip"
+    assert resolve_unannotated("negative", "csv:/x.csv") == "negative"
+    with pytest.raises(AdaptorError, match="unknown unannotated"):
+        resolve_unannotated("maybe", "csv:/x.csv")
+    _write_png(tmp_path / "images" / "a.png", np.zeros((8, 8), np.uint8))
+    row = {"id": "a", "image": "images/a.png", "mask": None}
+    assert load_record(row, SegmentationInputs(tmp_path, PLAIN, "skip")) is None
+    _, mask = load_record(row, SegmentationInputs(tmp_path, PLAIN, "negative"))
+    assert mask.shape == (16, 16) and not mask.any()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def seg_setup(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("segmentation")
+    shards = root / "shards"
+    embed(
+        EmbedConfig(
+            source=f"synthetic:{synthetic_dir}",
+            out=shards,
+            shard_size=20,
+            batch_size=20,
+            loader_workers=0,
+            progress=False,
+            device="cpu",
+        )
+    )
+    reader = ShardReader(shards)
+    encoders = {
+        k: {f: v[f] for f in ("name", "fingerprint", "dim")}
+        for k, v in reader.manifest.encoders.items()
+    }
+    config = dict(image_dim=1280, text_dim=384, width=32, heads=2, ffn_hidden=64)
+    Adaptor(AdaptorConfig(**config, encoders=encoders)).save_pretrained(root / "adaptor")
+    other = json.loads(json.dumps(encoders))
+    other["image"]["fingerprint"] = "0" * 64
+    Adaptor(AdaptorConfig(**config, encoders=other)).save_pretrained(root / "other")
+    meta = reader.load(members=()).meta
+    splits = make_label_splits(meta, (0.5, 1.0), seed=0)
+    # a 0.1 subset of train records without masks: nothing to segment
+    negatives = [r["id"] for r in meta if r["split"] == "train" and r["mask"] is None][:3]
+    splits = LabelSplits(
+        seed=0,
+        fractions=[0.1, 0.5, 1.0],
+        label_names=splits.label_names,
+        train={"0.1": negatives, **splits.train},
+        val=splits.val,
+        test=splits.test,
+    )
+    return {"root": root, "shards": shards, "splits": splits, "meta": meta}
+
+
+def _cfg(setup: dict, out: Path, **kw: object) -> SegmentationConfig:
+    defaults = dict(
+        shards=str(setup["shards"]),
+        out=str(out),
+        adaptor=str(setup["root"] / "adaptor"),
+        fractions=[0.1, 0.5, 1.0],
+        seeds=[0, 1],
+        image_size=64,
+        steps=4,
+        eval_every=2,
+        batch_size=4,
+        overlay_images=2,
+        cache_dir=str(setup["root"] / "cache"),
+    )
+    defaults.update(kw)
+    return SegmentationConfig(**defaults)  # type: ignore[arg-type]
+
+
+def test_an_adaptor_for_other_encoders_is_refused(seg_setup: dict, tmp_path: Path) -> None:
+    cfg = _cfg(seg_setup, tmp_path, adaptor=str(seg_setup["root"] / "other"))
+    with pytest.raises(AdaptorMismatchError, match="image encoder fingerprint"):
+        plan_segmentation(cfg, seg_setup["splits"], progress=False)
+    assert not (seg_setup["root"] / "cache").exists()  # refused before any extraction
+    with pytest.raises(SegmentationError, match="needs --adaptor"):
+        plan_segmentation(_cfg(seg_setup, tmp_path, adaptor=None), seg_setup["splits"])
+
+
+def test_cached_and_online_feature_maps_train_the_same_decoder(
+    seg_setup: dict, tmp_path: Path
+) -> None:
+    """One cell trained in-process from the cache and from the encoder run online."""
+    results = {}
+    for mode in ("cache", "online"):
+        cfg = _cfg(seg_setup, tmp_path / mode, feature_maps=mode, fractions=[1.0], seeds=[0])
+        plan = plan_segmentation(cfg, seg_setup["splits"], progress=False, log=lambda _: None)
+        cell = next(c for c in plan.cells if c.params["method"] == "decoder+adaptor")
+        results[mode] = train_segmentation_cell(cell, plan.shared)
+    cached, online = results["cache"], results["online"]
+    assert (
+        cached["extra"]["feature_maps"] == "cache" and online["extra"]["feature_maps"] == "online"
+    )
+    assert cached["extra"]["train_records"] == online["extra"]["train_records"] > 0
+    assert cached["trainable_parameters"] == online["trainable_parameters"]
+    # float16 storage of the maps is the only difference
+    for name in ("dice", "iou"):
+        assert cached["metrics"][name] == pytest.approx(online["metrics"][name], abs=0.05)
+
+
+@pytest.mark.slow
+def test_finetune_segmentation_end_to_end(seg_setup: dict, tmp_path: Path) -> None:
+    from adaptor.train.ray_env import start_ray
+
+    start_ray(num_cpus=2)
+    cfg = _cfg(seg_setup, tmp_path / "res", workers=2)
+    logged: list[str] = []
+    cells = finetune_segmentation(cfg, seg_setup["splits"], progress=False, log=logged.append)
+    keys = {(c.method, c.fraction, c.seed) for c in cells}
+    assert keys == {
+        (m, f, s) for m in ("decoder", "decoder+adaptor") for f in (0.1, 0.5, 1.0) for s in (0, 1)
+    }
+    test_ids = seg_setup["splits"].test
+    for c in cells:
+        assert c.task == "segmentation" and c.trainable_parameters > 0
+        if c.fraction == 0.1:  # only negatives: nothing to learn, metrics undefined
+            assert c.metrics["dice"] is None and "no record with a non-empty mask" in " ".join(
+                c.extra["warnings"]
+            )
+            continue
+        assert 0.0 <= c.metrics["dice"] <= 1.0 and 0.0 <= c.metrics["iou"] <= c.metrics["dice"]
+        assert c.extra["per_image"]["ids"] == test_ids
+        assert len(c.extra["per_image"]["dice"]) == len(test_ids)
+        assert c.extra["train_records"] == len(seg_setup["splits"].train_ids(c.fraction))
+    by = {(c.method, c.fraction, c.seed): c for c in cells}
+    assert (
+        by[("decoder+adaptor", 1.0, 0)].trainable_parameters
+        > by[("decoder", 1.0, 0)].trainable_parameters
+    )
+    assert any("no record with a non-empty mask" in line for line in logged)
+    overlay = tmp_path / "res" / OVERLAYS_NAME
+    assert overlay.stat().st_size > 5000
+    with Image.open(overlay) as png:
+        assert png.width > png.height  # 2 rows of images, 2 + 6 columns
+    # results files hold every method x fraction row
+    md = merge_results(tmp_path / "res", cells)
+    table = md.read_text()
+    for method in ("decoder", "decoder+adaptor"):
+        for pct in ("10", "50", "100"):
+            assert f"| {method} | {pct} % |" in table, (method, pct)
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert len([c for c in saved["cells"] if c["task"] == "segmentation"]) == 12
+    # a rerun reuses every finished cell
+    again = finetune_segmentation(cfg, seg_setup["splits"], progress=False, log=logged.append)
+    assert [c.metrics for c in again] == [c.metrics for c in cells]
+    assert any("12 of 12" in line and "already done" in line for line in logged)
+
+
+@pytest.mark.slow
+def test_finetune_cli_segmentation(seg_setup: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from adaptor.cli import app
+
+    splits = tmp_path / "splits.json"
+    seg_setup["splits"].save(splits)
+    res = tmp_path / "res"
+    args = ["finetune", "--task", "segmentation", "--shards", str(seg_setup["shards"])]
+    args += ["--adaptor", str(seg_setup["root"] / "adaptor"), "--out", str(res)]
+    args += ["--splits", str(splits), "--fractions", "1", "--seeds", "0", "--steps", "3"]
+    args += ["--image-size", "64", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for method in ("decoder", "decoder+adaptor"):
+        assert f"| {method} | 100 % |" in result.output
+    assert (res / OVERLAYS_NAME).is_file() and (res / "segmentation_vs_fraction.png").is_file()
+
+    bad = CliRunner().invoke(app, [*args[:2], "detection", *args[3:]])
+    assert bad.exit_code == 2 and "choose classification or segmentation" in bad.output, bad.output
