@@ -550,7 +550,7 @@ def _overlay_file(run_dir: Path, key: str) -> Path:
 def plot_overlays(
     run_dir: Path, shared: dict[str, Any], cells: Sequence[GridCell], path: Path
 ) -> Path | None:
-    """A grid of test images: image, true mask, then each cell's predicted mask (red overlay).
+    """A grid of test images: image, true mask, then each cell's predicted mask (yellow overlay).
 
     Columns are ``cells`` (one seed, every method × fraction) in order; a cell whose
     predictions are missing shows an empty panel. Returns ``path``, or None without images.
@@ -606,7 +606,7 @@ def plot_overlays(
             if r == 0:
                 ax.set_title(titles[c], fontsize=7)
         axes[r][0].set_ylabel(record_id, fontsize=6)
-    fig.suptitle("segmentation on test images (red: mask)", fontsize=9)
+    fig.suptitle("segmentation on test images (yellow: mask)", fontsize=9)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
