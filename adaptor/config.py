@@ -93,6 +93,13 @@ class FinetuneSection(_Section):
         return value
 
 
+class IndexSection(_Section):
+    """The retrieval index (see ``adaptor index --help``)."""
+
+    factory: str | None = None  # None: exact up to 100k records, tuned HNSW above
+    target_recall: float = Field(0.95, gt=0, le=1)
+
+
 class RunConfig(_Section):
     """The whole flow. ``source`` (``KIND:PATH``) replaces the synthetic set when given."""
 
@@ -102,6 +109,7 @@ class RunConfig(_Section):
     embed: EmbedSection = EmbedSection()
     pretrain: PretrainSection = PretrainSection()
     finetune: FinetuneSection = FinetuneSection()
+    index: IndexSection = IndexSection()
 
     @field_validator("dataset")
     @classmethod

@@ -50,6 +50,7 @@ class RunResult:
     embed: EmbedResult
     pretrain: PretrainResult
     results_md: Path | None = None
+    examples: str = ""
 
 
 def encoder_pair_id(image_encoder: str, text_encoder: str) -> str:
@@ -177,11 +178,34 @@ def stage_finetune(
     return results_md
 
 
+def stage_index(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> str:
+    """FAISS index of every embedded record (as ``adaptor index``); returns example searches."""
+    from adaptor.retrieval import build_index, example_searches, open_searcher
+
+    paths = flow_paths(cfg, out)
+    log(f"[index] {paths.shards} -> {paths.index}")
+    build_index(
+        paths.shards,
+        paths.adaptor,
+        paths.index,
+        factory=cfg.index.factory,
+        target_recall=cfg.index.target_recall,
+        progress=progress,
+        log=log,
+    )
+    searcher = open_searcher(paths.index)
+    try:
+        return example_searches(searcher)
+    finally:
+        searcher.close()
+
+
 def run_flow(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> RunResult:
     """Run every stage, resuming whatever is already done."""
     embedded = stage_embed(cfg, out, progress=progress, log=log)
     trained = stage_pretrain(cfg, out, progress=progress, log=log)
     results_md = stage_finetune(cfg, out, progress=progress, log=log)
+    examples = stage_index(cfg, out, progress=progress, log=log)
     paths = flow_paths(cfg, out)
     return RunResult(
         source=cfg.source or f"synthetic:{paths.raw}",
@@ -189,4 +213,5 @@ def run_flow(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = pri
         embed=embedded,
         pretrain=trained,
         results_md=results_md,
+        examples=examples,
     )

@@ -7,7 +7,7 @@ Each module registers its verbs on the one Typer ``app``:
 
 from __future__ import annotations
 
-from adaptor.cli import downstream, flow  # noqa: F401  (register their commands)
+from adaptor.cli import downstream, flow, retrieval  # noqa: F401  (register their commands)
 from adaptor.cli.app import app
 
 __all__ = ["app", "main"]

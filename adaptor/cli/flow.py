@@ -200,14 +200,17 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Run every stage end to end (synth → embed → pretrain → finetune), resuming what is done."""
+    """Run every stage end to end (synth → embed → pretrain → finetune → index), resuming what
+    is done, and print the results table and example searches."""
     from adaptor.run import run_flow
 
     cfg = load_config(config)
     result = run_flow(cfg, out, progress=progress, log=typer.echo)
     if result.results_md is not None:
         typer.echo(result.results_md.read_text(encoding="utf-8"))
+    typer.echo(f"example searches (more: adaptor serve --index {result.paths.index}):\n")
+    typer.echo(result.examples)
     typer.echo(
-        f"done: shards in {result.paths.shards}, Adaptor in {result.pretrain.adaptor_dir}, "
-        f"downstream results in {result.paths.downstream}"
+        f"\ndone: shards in {result.paths.shards}, Adaptor in {result.pretrain.adaptor_dir}, "
+        f"downstream results in {result.paths.downstream}, index in {result.paths.index}"
     )

@@ -1,0 +1,55 @@
+"""`adaptor run` end to end on a tiny synthetic config: every stage's outputs, then a rerun
+that finds everything finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from adaptor.cli import app
+
+TINY = {
+    "synth": {"n": 80, "size": 224},
+    "embed": {"batch_size": 16, "shard_size": 40, "loader_workers": 0},
+    "pretrain": {"epochs": 2, "batch_size": 16, "width": 32},
+    "finetune": {
+        "fractions": [0.25, 1.0],
+        "seeds": [0, 1],
+        "heads": ["linear"],
+        "max_epochs": 5,
+        "segmentation": {"image_size": 64, "steps": 4},
+    },
+}
+
+
+@pytest.mark.slow
+def test_adaptor_run_end_to_end_then_resume(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "out"
+    args = ["run", "--config", str(config), "--out", str(out), "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+
+    downstream = out / "runs" / "synthetic" / "downstream"
+    table = (downstream / "results.md").read_text()
+    for row in ("| encoder+linear | 25 % |", "| adaptor+linear | 100 % |"):
+        assert row in table
+    for row in ("| decoder | 25 % |", "| decoder+adaptor | 100 % |"):
+        assert row in table
+    for plot in ("classification_roc.png", "segmentation_overlays.png"):
+        assert (downstream / plot).stat().st_size > 1000
+    cells = json.loads((downstream / "results.json").read_text())["cells"]
+    assert len(cells) == 2 * 2 * 2 + 2 * 2 * 2  # (features x fractions x seeds) per task
+    assert (out / "runs" / "synthetic" / "pretrain" / "adaptor" / "model.safetensors").is_file()
+    assert (out / "runs" / "synthetic" / "index" / "manifest.json").is_file()
+    assert "example searches" in first.output and "-> images" in first.output
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "resuming" in again.output or "already" in again.output
+    assert json.loads((downstream / "results.json").read_text())["cells"] == cells
