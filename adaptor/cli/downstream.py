@@ -108,6 +108,38 @@ def finetune(
     steps: Annotated[
         int, typer.Option(min=1, help="segmentation: optimisation steps per decoder")
     ] = 150,
+    tune: Annotated[
+        str | None,
+        typer.Option(
+            help="classification from encoders tuned online: comma-separated methods out of "
+            "frozen, lora, adapter, layernorm, apla, full (default: heads on cached embeddings)"
+        ),
+    ] = None,
+    encoder: Annotated[
+        str, typer.Option(help="--tune: the encoder(s) to tune: image, text or both")
+    ] = "image",
+    tune_options: Annotated[
+        str | None,
+        typer.Option(
+            help="--tune: method options KEY=VALUE,… e.g. rank=8,alpha=16,ffn=true,"
+            "bottleneck=48,fusion=true,attention=true,columns=0.25,seed=0"
+        ),
+    ] = None,
+    tune_epochs: Annotated[
+        int, typer.Option(min=1, help="--tune: epoch limit (early stopping on val)")
+    ] = 5,
+    tune_batch_size: Annotated[int, typer.Option(min=1, help="--tune: batch size")] = 16,
+    encoder_lr: Annotated[
+        float | None,
+        typer.Option(help="--tune: encoder learning rate (default per method; the head uses --lr)"),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="--tune: recompute each encoder block in backward (less memory)")
+    ] = False,
+    tune_image_size: Annotated[
+        int | None, typer.Option(min=16, help="--tune: image input size (default: the encoder's)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="--tune: auto, cpu, cuda, cuda:1")] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers sharing the grid")] = 1,
     address: Annotated[
         str | None, typer.Option(help="HOST:PORT of a running Ray head; default: a local Ray")
@@ -117,7 +149,9 @@ def finetune(
     """Train downstream heads from nested label fractions and write a results table and plots.
 
     Classification compares heads on the frozen image encoder's own embedding (`encoder`)
-    with heads on the Adaptor's image path (`adaptor`). Segmentation compares a U-Net-style
+    with heads on the Adaptor's image path (`adaptor`); with --tune, the encoder itself runs
+    online with only a parameter-efficient method's parameters trainable (LoRA, adapters,
+    LayerNorm-only, APLA, full or frozen). Segmentation compares a U-Net-style
     decoder over the encoder's feature maps (`decoder`) with the same decoder given the
     Adaptor's image embedding at its bottleneck (`decoder+adaptor`). Results merge into
     OUT/results.json and OUT/results.md (mean ± std over seeds), with ROC,
@@ -129,13 +163,43 @@ def finetune(
 
     if task not in TASKS:
         raise ValueError(f"unknown --task {task!r}: choose {' or '.join(TASKS)}")
+    if tune is not None and task != "classification":
+        raise ValueError("--tune applies to --task classification only")
     fraction_list, seed_list = _floats(fractions), _ints(seeds)
     splits_path = splits_file or out / "splits.json"
     meta = ShardReader(shards).load().meta
     label_splits, made = load_or_make_splits(splits_path, meta, fraction_list, split_seed)
     typer.echo(f"{'made' if made else 'reusing'} label splits {splits_path}")
     optimiser = {"lr": lr} if lr is not None else {}  # else each task's own default
-    if task == "classification":
+    if task == "classification" and tune is not None:
+        from adaptor.cli.tune import run_tuning
+
+        cells = run_tuning(
+            shards=shards,
+            out=out,
+            splits=label_splits,
+            methods=_names(tune) or [],
+            encoder=encoder,
+            options=tune_options,
+            heads=_names(heads),
+            fractions=fraction_list,
+            seeds=seed_list,
+            labels=_names(labels),
+            kind=kind,
+            uncertain=uncertain,
+            epochs=tune_epochs,
+            batch_size=tune_batch_size,
+            lr=lr,
+            encoder_lr=encoder_lr,
+            gradient_checkpointing=gradient_checkpointing,
+            image_size=tune_image_size,
+            device=device,
+            workers=workers,
+            address=address,
+            progress=progress,
+            log=typer.echo,
+        )
+    elif task == "classification":
         from adaptor.train.finetune import ClassificationConfig, finetune_classification
 
         cfg = ClassificationConfig(
@@ -186,4 +250,10 @@ def finetune(
         )
     md = merge_results(out, cells)
     typer.echo(md.read_text(encoding="utf-8"))
+    if tune is not None:
+        from adaptor.train.tune import write_tuning_table
+
+        table = write_tuning_table(out)
+        if table is not None:
+            typer.echo(table.read_text(encoding="utf-8"))
     typer.echo(f"results in {out} (results.json, results.md, plots)")
