@@ -69,6 +69,11 @@ class ImagePreprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImagePreprocess:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
     def from_open_clip(cls, model: Any) -> ImagePreprocess:
         """From an open_clip model (or its ``visual`` tower) ``preprocess_cfg``."""
         cfg = getattr(model, "visual", model).preprocess_cfg

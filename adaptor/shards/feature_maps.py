@@ -68,6 +68,23 @@ class SegmentationInputs:
     preprocess: ImagePreprocess
     unannotated: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what training workers receive)."""
+        return {
+            "root": str(self.root),
+            "preprocess": self.preprocess.to_dict(),
+            "unannotated": self.unannotated,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentationInputs:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            root=Path(data["root"]),
+            preprocess=ImagePreprocess.from_dict(data["preprocess"]),
+            unannotated=data["unannotated"],
+        )
+
 
 def resolve_unannotated(policy: str, source_spec: str) -> str:
     """``auto`` → ``negative`` for layouts whose positives all carry masks, else ``skip``."""

@@ -215,11 +215,7 @@ def plan_segmentation(
         "cache": str(cache_path),
         "encoder": encoder_info["name"],
         "fingerprint": encoder_info["fingerprint"],
-        "inputs": {
-            "root": str(inputs.root),
-            "preprocess": inputs.preprocess.to_dict(),
-            "unannotated": unannotated,
-        },
+        "inputs": inputs.to_dict(),
         "map_shapes": [list(s) for s in shapes],
         "records": {i: meta[i] for i in needed} if cfg.feature_maps == "online" else {},
         "train": {fraction_key(f): splits.train_ids(f) for f in cfg.fractions},
@@ -315,17 +311,7 @@ class _WorkerData:
         self._subsets: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def _load_online(self, shared: dict[str, Any]) -> None:
-        from adaptor.encoders import ImagePreprocess
-
-        spec = shared["inputs"]
-        pre = spec["preprocess"]
-        inputs = SegmentationInputs(
-            root=Path(spec["root"]),
-            preprocess=ImagePreprocess(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}
-            ),
-            unannotated=spec["unannotated"],
-        )
+        inputs = SegmentationInputs.from_dict(shared["inputs"])
         self.encoder = build_image_encoder(shared["encoder"])
         self.pixels: dict[str, Tensor] = {}
         self.masks: dict[str, Tensor] = {}
@@ -560,17 +546,13 @@ def plot_overlays(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adaptor.encoders import ImagePreprocess
     from adaptor.shards.feature_maps import grey_view
 
     ids = shared["overlay_ids"]
     if not ids:
         return None
-    spec = shared["inputs"]
-    preprocess = ImagePreprocess(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["preprocess"].items()}
-    )
-    inputs = SegmentationInputs(Path(spec["root"]), preprocess, spec["unannotated"])
+    inputs = SegmentationInputs.from_dict(shared["inputs"])
+    preprocess = inputs.preprocess
     reader_meta = {r["id"]: r for r in ShardReader(shared["shards"]).load(members=()).meta}
     shown = []
     for record_id in ids:
