@@ -13,7 +13,6 @@ macro AUROC, and are scored on the test split.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from adaptor.model import load_adaptor_for
 from adaptor.results import CellResult
 from adaptor.shards import ShardReader
 from adaptor.train.classification_metrics import classification_metrics, pooled_roc
-from adaptor.train.grid import GridCell, run_grid
+from adaptor.train.grid import GridCell, run_grid, setup_key
 
 FEATURES = ("encoder", "adaptor")
 
@@ -137,11 +136,8 @@ def finetune_classification(
 
 def _config_hash(shared: dict[str, Any]) -> str:
     """Identifies the training setup (config, splits file, Adaptor weights) a run's cells belong to."""
-    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode())
-    for path in (Path(shared["splits"]), Path(shared["adaptor"] or "") / "model.safetensors"):
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:10]
+    weights = Path(shared["adaptor"] or "") / "model.safetensors"
+    return setup_key(shared, [Path(shared["splits"]), weights])
 
 
 # ---------------------------------------------------------------- worker side

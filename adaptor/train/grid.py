@@ -9,6 +9,7 @@ a crash or kill costs at most the cells in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -155,3 +156,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
         result = config["train_fn"](GridCell(key, params), config["shared"])
         result.setdefault("extra", {})["train_seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_json(path, result)
+
+
+def setup_key(shared: dict[str, Any], files: Sequence[Path] = ()) -> str:
+    """A short hash of a grid's shared setup and the bytes of ``files`` (those that exist),
+    naming its run folder, so a rerun of the same setup finds its finished cells."""
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode())
+    for path in files:
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]

@@ -29,7 +29,6 @@ is not trained, its metrics are undefined (``None``) and a warning says why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +59,7 @@ from adaptor.shards.feature_maps import (
     resized_preprocess,
     resolve_unannotated,
 )
-from adaptor.train.grid import GridCell, run_grid
+from adaptor.train.grid import GridCell, run_grid, setup_key
 from adaptor.train.segmentation_metrics import SegmentationScores
 
 METHODS = ("decoder", "decoder+adaptor")
@@ -281,11 +280,7 @@ def _overlay_ids(
 
 def _config_hash(shared: dict[str, Any]) -> str:
     """Identifies a setup (config, splits, encoder, Adaptor weights) so a rerun reuses its cells."""
-    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode())
-    weights = Path(shared["adaptor"] or "") / "model.safetensors"
-    if weights.is_file():
-        digest.update(weights.read_bytes())
-    return digest.hexdigest()[:10]
+    return setup_key(shared, [Path(shared["adaptor"] or "") / "model.safetensors"])
 
 
 # ---------------------------------------------------------------- worker side

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import re
 import time
@@ -55,7 +54,7 @@ from adaptor.results import CellResult, load_results, mean_std
 from adaptor.shards import ShardReader
 from adaptor.train.classification_metrics import classification_metrics
 from adaptor.train.finetune import _Objective, _undefined_unseen
-from adaptor.train.grid import GridCell, run_grid
+from adaptor.train.grid import GridCell, run_grid, setup_key
 from adaptor.train.step_memory import measure_step
 
 SIDES = ("image", "text", "both")
@@ -181,8 +180,7 @@ def _setup_hash(shared: dict[str, Any]) -> str:
     seed), so a rerun with more methods, fractions or seeds reuses the finished cells."""
     per_cell = ("methods", "options", "fractions", "seeds", "workers", "address")
     config = {k: v for k, v in shared["config"].items() if k not in per_cell}
-    digest = hashlib.sha256(json.dumps({**shared, "config": config}, sort_keys=True).encode())
-    return digest.hexdigest()[:10]
+    return setup_key({**shared, "config": config})
 
 
 def _sides(encoder: str) -> list[str]:
