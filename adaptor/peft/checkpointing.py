@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from adaptor.peft import TuningError
 from adaptor.peft.adapters import ADAPTER_TYPES
 from adaptor.peft.targets import find_targets
+from adaptor.peft.tuning import TuningError
 
 
 class _Checkpointed:

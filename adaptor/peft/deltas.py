@@ -20,10 +20,10 @@ from torch import Tensor, nn
 
 from adaptor.atomic import atomic_open
 from adaptor.errors import AdaptorError
-from adaptor.peft import TuningReport, apply_tuning
 from adaptor.peft.adapters import ADAPTER_TYPES
 from adaptor.peft.apla import RowDelta
 from adaptor.peft.lora import LowRankDelta
+from adaptor.peft.tuning import TuningReport, apply_tuning
 
 FORMAT = "adaptor-tuning-deltas/1"
 _TUNING_MODULES = (*ADAPTER_TYPES, RowDelta, LowRankDelta)
