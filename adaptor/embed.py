@@ -4,7 +4,9 @@ Records go to shards by position (shard ``i`` holds positions
 ``[i*shard_size, (i+1)*shard_size)``), so the layout depends only on the source
 and the shard size. Finished shards are kept across runs; a rerun after a crash
 or ``kill -9`` does only the unfinished ones and ends with exactly the samples
-of an uninterrupted run. Bad records are reported, counted and skipped.
+of an uninterrupted run. Bad records are reported, counted and skipped, wherever they
+fail (a decoding error in a loader worker comes back as that record's skip); a job
+that keeps no sample at all is an error.
 
 Shard indices are also the unit of work on a cluster: ``EmbedConfig.only_shards``
 embeds just some of them into a job folder shared with other processes
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from adaptor.atomic import remove_stale_partials
 from adaptor.data.image_io import load_image
 from adaptor.data.records import Record, RecordError, is_mask_path, relative_path
 from adaptor.data.sources import SourceItem, open_source
+from adaptor.data.sources.base import has_reports
 from adaptor.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
@@ -44,6 +48,7 @@ from adaptor.shards.manifest import Manifest, ShardEntry, encoder_differences
 from adaptor.shards.writer import encode_sample, finished_shards, sample_key, write_shard
 
 STORED_DTYPE = np.float16
+SHOWN_SKIP_REASONS = 5  # distinct skip reasons an error about an empty job quotes
 
 
 class EmbedError(AdaptorError, RuntimeError):
@@ -93,7 +98,9 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
     out = Path(cfg.out)
     source = open_source(cfg.source)
     items = _validated_items(
-        source.items(), allow_empty_reports=cfg.allow_empty_reports, progress=cfg.progress
+        source.items(),
+        allow_empty_reports=cfg.allow_empty_reports or not has_reports(source),
+        progress=cfg.progress,
     )
     if cfg.strict:
         first_bad = next((it for it in items if isinstance(it, RecordError)), None)
@@ -139,7 +146,11 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
     bar.close()
     loop_seconds = time.perf_counter() - loop_started
 
-    manifest = _shares_of(out, manifest, wanted) if shared else finish_manifest(out, manifest)
+    if shared:
+        manifest = _shares_of(out, manifest, wanted)
+    else:
+        manifest = finish_manifest(out, manifest)
+        require_samples(manifest, out)
     seconds = time.perf_counter() - started
     return EmbedResult(
         folder=out,
@@ -151,6 +162,23 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = tqdm.write) -> EmbedRes
         seconds=seconds,
         samples_per_s=encoded / loop_seconds if encoded else 0.0,
         new_skips=writer.reported,
+    )
+
+
+def require_samples(manifest: Manifest, out: Path) -> None:
+    """Raise EmbedError when a finished job holds no sample, naming the source and the reasons
+    its records were skipped; the manifest with its skip report stays in ``out``."""
+    if manifest.count:
+        return
+    if not manifest.skipped:
+        raise EmbedError(f"0 samples: the source {manifest.source} has no records")
+    reasons = Counter(s["reason"] for s in manifest.skipped).most_common()
+    shown = "; ".join(f"{n}x {reason}" for reason, n in reasons[:SHOWN_SKIP_REASONS])
+    others = len(reasons) - SHOWN_SKIP_REASONS
+    more = f"; and {others} other reason(s)" if others > 0 else ""
+    raise EmbedError(
+        f"0 samples: all {len(manifest.skipped)} records of {manifest.source} were skipped "
+        f"({shown}{more}); every skip is listed in {out / 'manifest.json'}"
     )
 
 
@@ -449,6 +477,7 @@ class _ShardAssembler:
             "image": relative_path(Path(record.image), self.source_root),
             "mask": mask,
             "report_truncated": truncated,
+            **({"metadata": record.metadata} if record.metadata else {}),
         }
 
 

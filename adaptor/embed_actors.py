@@ -26,7 +26,15 @@ from tqdm import tqdm
 
 from adaptor.atomic import atomic_write_json, remove_stale_partials
 from adaptor.data.sources import open_source
-from adaptor.embed import EmbedConfig, EmbedError, EmbedResult, embed, finish_manifest, shard_count
+from adaptor.embed import (
+    EmbedConfig,
+    EmbedError,
+    EmbedResult,
+    embed,
+    finish_manifest,
+    require_samples,
+    shard_count,
+)
 from adaptor.errors import AdaptorError
 from adaptor.shards.manifest import Manifest
 from adaptor.shards.writer import finished_shards
@@ -98,6 +106,7 @@ def embed_on_ray(
     manifest = finish_manifest(out)
     if not manifest.complete:
         raise EmbedError(f"{out}: the actors finished but some shards are missing; resubmit")
+    require_samples(manifest, out)
     encoded = sum(r.count for r in results)
     return EmbedResult(
         folder=out,
@@ -166,10 +175,16 @@ def _slots(resources: dict[str, float], *, cpus_per_actor: int, use_gpu: bool) -
 def _get(ref: Any, out: Path) -> Any:
     """``ray.get`` that turns an actor's failure into the user-facing error it stands for."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayTaskError, UnserializableException
 
     try:
         return ray.get(ref)
+    except UnserializableException as err:  # the actor's error did not survive unpickling here
+        last = str(err).strip().splitlines()[-1]
+        raise EmbedError(
+            f"an embed actor failed: {last}; finished shards are kept in {out}, "
+            "resubmit the job to resume"
+        ) from None
     except RayTaskError as err:
         cause = err.cause
         if isinstance(cause, AdaptorError):

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on classes defined in Python, not on built-ins
+
 
 class AdaptorError(Exception):
     """An expected failure (bad input, bad config, unreachable cluster) with a message for the user.
 
     The ``adaptor`` command prints such errors as one ``error: …`` line and exits with
     status 2. Every module raises a subclass named after its stage (``EmbedError``, …).
+
+    Every subclass pickles with its message and fields whatever its ``__init__`` takes, so
+    an error raised in a DataLoader worker, a Ray task or an actor reaches the parent as
+    itself: the default unpickling calls ``cls(*args)``, which fails for an ``__init__``
+    with other parameters (``RecordError(record_id, reason, path)``) and hides the error.
     """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _, args, *state = super().__reduce__()  # state: the fields in __dict__, when any
+        return (_rebuild, (type(self), args), *state)
+
+
+def _rebuild(cls: type[AdaptorError], args: tuple[Any, ...]) -> AdaptorError:
+    """An ``AdaptorError`` of class ``cls`` holding ``args``, made without calling ``cls.__init__``.
+
+    Only built-in methods run: ``__new__`` of the built-in class the instance is laid out on
+    (``OSError`` under a ``FileNotFoundError`` subclass; any other ``__new__`` is refused as
+    unsafe) and the first built-in ``__init__`` in the MRO, the one construction ends in.
+    """
+    layout: type = cls
+    while layout.__flags__ & _HEAPTYPE:
+        layout = layout.__base__
+    builtin = next(c for c in cls.__mro__ if not c.__flags__ & _HEAPTYPE)
+    err = layout.__new__(cls, *args)
+    builtin.__init__(err, *args)
+    return err

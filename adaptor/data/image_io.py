@@ -125,6 +125,8 @@ def _existing_file(path: str | Path) -> Path:
         raise ImageReadError(path, "file not found")
     if not path.is_file():
         raise ImageReadError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
     return path
 
 

@@ -14,6 +14,7 @@ over the image flattened in ``order`` (``"F"``, column-major, by default):
 
 from __future__ import annotations
 
+import reprlib
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,7 +45,7 @@ def rle_decode(
     text = str(rle).strip()
     if text in _EMPTY_RLE:
         return np.zeros((height, width), dtype=np.uint8)
-    values = _parse_ints(text)
+    values = _parse_ints(text, n_pixels)
     if len(values) % 2:
         raise MaskError(f"RLE has an odd number of values ({len(values)}); expected pairs")
     firsts, lengths = values[0::2], values[1::2]
@@ -113,6 +114,12 @@ def boxes_to_mask(
     return mask
 
 
+def check_boxes(boxes: Sequence[Any]) -> None:
+    """Raise MaskError unless every item is a box :func:`boxes_to_mask` can draw."""
+    for i, box in enumerate(boxes):
+        _box_corners(box, i)
+
+
 def load_mask(
     mask: str | Path | list | None, height: int, width: int, *, base_dir: Path | None = None
 ) -> np.ndarray | None:
@@ -133,7 +140,7 @@ def load_mask(
         return rle_decode(mask, height, width)
     if isinstance(mask, (list, tuple)):
         return boxes_to_mask(mask, height, width)
-    raise MaskError(f"unsupported mask of type {type(mask).__name__}: {mask!r}")
+    raise MaskError(f"unsupported mask of type {type(mask).__name__}: {reprlib.repr(mask)}")
 
 
 def _load_mask_file(path: Path, height: int, width: int) -> np.ndarray:
@@ -173,37 +180,47 @@ def _resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
-def _parse_ints(text: str) -> np.ndarray:
+def _parse_ints(text: str, n_pixels: int) -> np.ndarray:
+    """The integers of an RLE string; none may exceed ``n_pixels`` (so sums cannot overflow)."""
     values = []
     for i, token in enumerate(text.split()):
         try:
-            values.append(int(token))
+            value = int(token)
         except ValueError:
-            raise MaskError(f"RLE value {token!r} at position {i} is not an integer") from None
+            raise MaskError(
+                f"RLE value {reprlib.repr(token)} at position {i} is not an integer"
+            ) from None
+        if abs(value) > n_pixels:
+            raise MaskError(
+                f"RLE value {reprlib.repr(value)} at position {i} is outside a "
+                f"{n_pixels}-pixel image"
+            )
+        values.append(value)
     return np.asarray(values, dtype=np.int64)
 
 
 def _box_corners(box: Any, index: int) -> tuple[float, float, float, float]:
+    shown = reprlib.repr(box)
     if isinstance(box, Mapping):
         missing = [key for key in _BOX_KEYS if key not in box]
         if missing:
-            raise MaskError(f"box {index} {box!r} lacks keys {missing}")
+            raise MaskError(f"box {index} {shown} lacks keys {missing}")
         raw = [box[key] for key in _BOX_KEYS]
     elif isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 4:
         raise MaskError(
-            f"box {index} {box!r} is neither [x0, y0, x1, y1] nor an x/y/width/height dict"
+            f"box {index} {shown} is neither [x0, y0, x1, y1] nor an x/y/width/height dict"
         )
     else:
         raw = list(box)
     try:
         a, b, c, d = (float(v) for v in raw)
-    except (TypeError, ValueError):
-        raise MaskError(f"box {index} {box!r} has a non-numeric coordinate") from None
-    if not np.isfinite([a, b, c, d]).all():
-        raise MaskError(f"box {index} {box!r} has a non-finite coordinate")
+    except (TypeError, ValueError, OverflowError):
+        raise MaskError(f"box {index} {shown} has a non-numeric coordinate") from None
     x0, y0, x1, y1 = (a, b, a + c, b + d) if isinstance(box, Mapping) else (a, b, c, d)
+    if not np.isfinite([x0, y0, x1, y1]).all():
+        raise MaskError(f"box {index} {shown} has a non-finite coordinate")
     if x1 < x0 or y1 < y0:
-        raise MaskError(f"box {index} {box!r} has negative width or height")
+        raise MaskError(f"box {index} {shown} has negative width or height")
     return x0, y0, x1, y1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ class Record:
 
     ``image`` and ``mask`` (when it is a file) are absolute paths once a source
     has resolved them. ``mask`` may also be an RLE string or a list of boxes
-    ``[[x0, y0, x1, y1], ...]`` in pixel units of the image.
+    ``[[x0, y0, x1, y1], ...]`` in pixel units of the image. ``metadata`` holds a
+    source's other columns as text (sex, age, view, …); it is neither label nor input.
     """
 
     id: str
@@ -74,10 +76,13 @@ class Record:
     mask: str | list[list[float]] | None = None
     split: str = "train"
     patient_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self, relative_to: Path | None = None) -> dict[str, Any]:
-        """Plain JSON-able dict; paths are made relative to ``relative_to`` when given."""
+        """Plain JSON-able dict, no empty ``metadata``; paths made relative to ``relative_to``."""
         out = asdict(self)
+        if not self.metadata:
+            del out["metadata"]
         out["image"] = relative_path(self.image, relative_to)
         if isinstance(self.mask, (str, Path)) and _looks_like_path(str(self.mask)):
             out["mask"] = relative_path(Path(self.mask), relative_to)
@@ -100,7 +105,8 @@ def parse_label_value(value: Any, *, record_id: str, label: str) -> int | None:
         if key in _LABEL_SPELLINGS:
             return _LABEL_SPELLINGS[key]
     raise RecordError(
-        record_id, f"unknown value {value!r} for label {label!r} (expected 1, 0, -1 or empty)"
+        record_id,
+        f"unknown value {reprlib.repr(value)} for label {label!r} (expected 1, 0, -1 or empty)",
     )
 
 
@@ -110,7 +116,9 @@ def validate_split(split: Any, *, record_id: str) -> str:
     aliases = {"valid": "val", "validation": "val", "validate": "val", "dev": "val"}
     name = aliases.get(name, name)
     if name not in SPLITS:
-        raise RecordError(record_id, f"unknown split {split!r} (expected one of {SPLITS})")
+        raise RecordError(
+            record_id, f"unknown split {reprlib.repr(split)} (expected one of {SPLITS})"
+        )
     return name
 
 

@@ -3,7 +3,8 @@
 ``open_source("KIND:PATH")`` picks the layout by kind. Built in:
 
 - ``synthetic:DIR`` — a folder written by ``adaptor synth`` (its ``records.jsonl``)
-- ``jsonl:FILE`` and ``csv:FILE`` — users' own data (see :mod:`.tabular`)
+- ``jsonl:FILE`` and ``csv:FILE`` — users' own data (see :mod:`.tabular`;
+  ``?labels=a,b&onehot=c`` name label and categorical columns)
 - published dataset layouts, one module each: ``mimic-cxr``, ``chexpert``,
   ``rsna-pneumonia``, ``siim-acr``, ``covidx``, ``chestxray14``, ``iu-xray``
   (``KIND:ROOT[?option=value&…]``)
@@ -28,7 +29,7 @@ from adaptor.data.sources.iu_xray import open_iu_xray
 from adaptor.data.sources.mimic_cxr import open_mimic_cxr
 from adaptor.data.sources.rsna import open_rsna
 from adaptor.data.sources.siim import open_siim
-from adaptor.data.sources.tabular import TabularSource
+from adaptor.data.sources.tabular import TabularSource, open_tabular
 
 __all__ = ["Source", "SourceError", "SourceItem", "SourceSpec", "open_source", "source_kinds"]
 
@@ -48,8 +49,7 @@ def _synthetic(path: Path, options: dict[str, str]) -> Source:
 
 def _tabular(fmt: str) -> Callable[[Path, dict[str, str]], Source]:
     def factory(path: Path, options: dict[str, str]) -> Source:
-        reject_unknown_options(fmt, options, {})
-        return TabularSource(path, fmt)
+        return open_tabular(path, fmt, options)
 
     return factory
 

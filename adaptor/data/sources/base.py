@@ -24,12 +24,21 @@ class Source(Protocol):
 
     A record that cannot be built yields a :class:`RecordError` in its place, so
     the caller can report, count and skip it without losing its position.
+
+    An image-only layout (no reports at all) sets ``has_reports = False``; see
+    :func:`has_reports`.
     """
 
     spec: str
     root: Path
 
     def items(self) -> Iterator[SourceItem]: ...
+
+
+def has_reports(source: Source) -> bool:
+    """False for a layout that declares it has no reports (its records are image-only, so an
+    empty report is expected rather than a defect); True for every other source."""
+    return bool(getattr(source, "has_reports", True))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ or ``No Finding``; labels are 1/0 over the 14 (lower-cased: ``atelectasis`` …
 
 Splits: ``test_list.txt`` → test (official); ``train_val_list.txt`` → train/val by a
 sha256 hash of the patient id (90/10). Record id = image name stem. Reports are
-empty: ``adaptor embed`` skips them unless ``--allow-empty-reports`` is given.
+empty and ``has_reports`` is False, so ``adaptor embed`` keeps the records without
+``--allow-empty-reports``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from adaptor.data.sources.base import (
     patient_fraction,
     reject_unknown_options,
 )
+from adaptor.data.sources.csvfile import open_csv
 
 KIND = "chestxray14"
 ENTRY_FILES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -70,6 +72,8 @@ NO_FINDING = "No Finding"
 class ChestXray14Source:
     """Records from an NIH ChestX-ray14 folder."""
 
+    has_reports = False
+
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.spec = f"{KIND}:{self.root}"
@@ -88,7 +92,7 @@ class ChestXray14Source:
 
     def items(self) -> Iterator[SourceItem]:
         images = self._index_images()
-        with open(self.entry_file, newline="", encoding="utf-8", errors="replace") as fh:
+        with open_csv(self.entry_file) as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:

@@ -16,8 +16,8 @@ ROOT, and ROOT with the first path component dropped (the folder was renamed); t
 first candidate that exists wins.
 
 Records: id = ``Path`` without its extension (slashes kept); patient_id from the
-path (``patient00001``); report = "" (image-only: the embed stage skips empty
-reports unless ``--allow-empty-reports``). Splits: the official ``valid.csv``
+path (``patient00001``); report = "" (image-only: ``has_reports`` is False, so the embed stage
+keeps the records without ``--allow-empty-reports``). Splits: the official ``valid.csv``
 (200 studies, radiologist-labelled) is ``test``; ``train.csv`` patients go to
 ``train``/``val`` 90/10 by a sha256 hash of the patient id, so no patient crosses splits.
 
@@ -39,6 +39,7 @@ from adaptor.data.sources.base import (
     patient_fraction,
     reject_unknown_options,
 )
+from adaptor.data.sources.csvfile import open_csv
 
 KIND = "chexpert"
 
@@ -96,6 +97,8 @@ def hash_split(patient_id: str, val_fraction: float) -> str:
 class CheXpertSource:
     """Records from CheXpert's ``train.csv`` (train/val) and ``valid.csv`` (test)."""
 
+    has_reports = False
+
     def __init__(self, root: Path, *, uncertain: str = "keep", views: str = "frontal"):
         self.root = Path(root).resolve()
         self.uncertain = uncertain
@@ -131,7 +134,7 @@ class CheXpertSource:
         """(line number, row) after checking the file exists and has the published columns."""
         if not csv_path.is_file():
             raise SourceError(f"{KIND}: required file {csv_path} not found")
-        with open(csv_path, newline="", encoding="utf-8") as fh:
+        with open_csv(csv_path) as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:

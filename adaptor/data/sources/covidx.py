@@ -23,8 +23,8 @@ Splits: ``test.txt`` → test; ``val.txt`` (when present) → val and all of ``t
 (85/15). A patient listed in a more held-out list (test > val > train) yields a
 RecordError for its rows in the less held-out list, so the official test set stays
 whole and no patient crosses splits. Record id = file name stem (duplicates are
-errors). Reports are empty: ``adaptor embed`` skips them unless
-``--allow-empty-reports`` is given.
+errors). Reports are empty and ``has_reports`` is False, so
+``adaptor embed`` keeps the records without ``--allow-empty-reports``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ class _Line:
 
 class CovidxSource:
     """Records from a COVIDx CXR folder."""
+
+    has_reports = False
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()

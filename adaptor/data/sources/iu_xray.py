@@ -37,6 +37,7 @@ from adaptor.data.sources.base import (
     patient_fraction,
     reject_unknown_options,
 )
+from adaptor.data.sources.csvfile import open_csv
 
 KIND = "iu-xray"
 REPORTS = "indiana_reports.csv"
@@ -145,7 +146,7 @@ class IUXraySource:
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open_csv(path) as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:

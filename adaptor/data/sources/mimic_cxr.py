@@ -35,7 +35,6 @@ as for :mod:`.chexpert`.
 from __future__ import annotations
 
 import csv
-import gzip
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -49,6 +48,7 @@ from adaptor.data.sources.chexpert import (
     apply_uncertain,
     choose_option,
 )
+from adaptor.data.sources.csvfile import open_csv
 
 KIND = "mimic-cxr"
 
@@ -152,9 +152,9 @@ def _open_table(root: Path, name: str) -> tuple[Path, IO[str]]:
     """Open ``name`` or ``name.gz`` under root as text; SourceError naming the file if absent."""
     plain, packed = root / name, root / f"{name}.gz"
     if plain.is_file():
-        return plain, open(plain, newline="", encoding="utf-8")
+        return plain, open_csv(plain)
     if packed.is_file():
-        return packed, gzip.open(packed, "rt", newline="", encoding="utf-8")
+        return packed, open_csv(packed)
     raise SourceError(f"{KIND}: required file {plain} (or {packed.name}) not found")
 
 

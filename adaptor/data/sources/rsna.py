@@ -22,8 +22,8 @@ One record per ``patientId`` (it names an image, so it is both the record id
 and the patient id): labels ``{"pneumonia": Target}``, mask the list of boxes
 ``[[x0, y0, x1, y1], ...]`` or ``None`` for a negative. The challenge has no
 public labelled validation or test set, so the split comes from a hash of the
-patient id (70/15/15). There are no reports: ``report`` is ``""``, which the
-embed stage skips unless given ``--allow-empty-reports``.
+patient id (70/15/15). There are no reports: ``report`` is ``""`` and ``has_reports``
+is False, so the embed stage keeps the records without ``--allow-empty-reports``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from adaptor.data.sources.base import (
     patient_fraction,
     reject_unknown_options,
 )
+from adaptor.data.sources.csvfile import open_csv
 
 KIND = "rsna-pneumonia"
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -67,6 +68,8 @@ def open_rsna(root: Path, options: dict[str, str]) -> Source:
 
 class RsnaPneumoniaSource:
     """One record per ``patientId`` of ``stage_2_train_labels.csv``, in file order."""
+
+    has_reports = False
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
@@ -118,7 +121,7 @@ def hash_split(patient_id: str) -> str:
 
 
 def _check_header(path: Path, required: tuple[str, ...]) -> None:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with open_csv(path) as fh:
         header = [c.strip() for c in next(csv.reader(fh), [])]
     missing = [c for c in required if c not in header]
     if missing:
@@ -128,7 +131,7 @@ def _check_header(path: Path, required: tuple[str, ...]) -> None:
 def _group_rows(path: Path) -> dict[str, Rows]:
     """Rows keyed by stripped ``patientId`` in first-seen order, with their line numbers."""
     groups: dict[str, Rows] = {}
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+    with open_csv(path) as fh:
         reader = csv.DictReader(fh)
         reader.fieldnames = [c.strip() for c in reader.fieldnames or []]
         for line_no, row in enumerate(reader, start=2):

@@ -21,8 +21,8 @@ mask the union of the image's regions as one relative RLE string (decoded with
 the size in the DICOM header and re-encoded) or ``None`` for a negative, patient
 id the DICOM ``PatientID`` (the ``ImageId`` when empty), and a split from a
 hash of the patient id (70/15/15; the stage 1 training set has no official
-validation split). There are no reports: ``report`` is ``""``, which the embed
-stage skips unless given ``--allow-empty-reports``.
+validation split). There are no reports: ``report`` is ``""`` and ``has_reports`` is
+False, so the embed stage keeps the records without ``--allow-empty-reports``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import pydicom
 from adaptor.data.masks import MaskError, rle_decode, rle_encode
 from adaptor.data.records import Record, RecordError
 from adaptor.data.sources.base import Source, SourceError, SourceItem, reject_unknown_options
+from adaptor.data.sources.csvfile import open_csv
 from adaptor.data.sources.rsna import hash_split
 
 KIND = "siim-acr"
@@ -57,6 +58,8 @@ def open_siim(root: Path, options: dict[str, str]) -> Source:
 class SiimAcrSource:
     """One record per ``ImageId`` of ``train-rle.csv``, in file order."""
 
+    has_reports = False
+
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.spec = f"{KIND}:{self.root}"
@@ -64,7 +67,7 @@ class SiimAcrSource:
         self.image_dir = self.root / IMAGE_DIR
         if not self.rle_csv.is_file():
             raise SourceError(f"{KIND} source {self.root}: required file {RLE_CSV} not found")
-        with open(self.rle_csv, newline="", encoding="utf-8-sig") as fh:
+        with open_csv(self.rle_csv) as fh:
             header = [c.strip() for c in next(csv.reader(fh), [])]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
@@ -85,7 +88,7 @@ class SiimAcrSource:
     def _rows(self) -> dict[str, Rows]:
         """``EncodedPixels`` values keyed by ``ImageId`` in first-seen order, with line numbers."""
         groups: dict[str, Rows] = {}
-        with open(self.rle_csv, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        with open_csv(self.rle_csv) as fh:
             reader = csv.DictReader(fh)
             reader.fieldnames = [c.strip() for c in reader.fieldnames or []]
             for line_no, row in enumerate(reader, start=2):
