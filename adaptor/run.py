@@ -18,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from adaptor.config import RunConfig
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
 from adaptor.train.pretrain import PretrainConfig, PretrainResult, describe, pretrain
 
-Log = Callable[[str], None]
+Log = Callable[[str], None]  # the default, tqdm.write, keeps messages off the progress bars
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def flow_paths(cfg: RunConfig, out: Path) -> FlowPaths:
     )
 
 
-def stage_source(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> str:
+def stage_source(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write) -> str:
     """The source spec to embed: ``cfg.source``, or the synthetic set (written if missing)."""
     if cfg.source is not None:
         return cfg.source
@@ -89,7 +91,7 @@ def stage_source(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log =
 
 
 def stage_embed(
-    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
 ) -> EmbedResult:
     """Frozen encoders → embedding shards (resumes finished shards)."""
     source = stage_source(cfg, out, progress=progress, log=log)
@@ -106,7 +108,7 @@ def stage_embed(
 
 
 def stage_pretrain(
-    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
 ) -> PretrainResult:
     """Contrastive Adaptor pretraining on the shards (resumes from checkpoints)."""
     paths = flow_paths(cfg, out)
@@ -123,7 +125,7 @@ def stage_pretrain(
 
 
 def stage_finetune(
-    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
 ) -> Path | None:
     """Downstream heads from nested label splits; returns ``results.md`` (None if no tasks)."""
     from adaptor.data.splits import load_or_make_splits
@@ -136,7 +138,7 @@ def stage_finetune(
         return None
     paths = flow_paths(cfg, out)
     splits_path = paths.downstream / "splits.json"
-    meta = ShardReader(paths.shards).load().meta
+    meta = ShardReader(paths.shards).load(members=()).meta
     splits, _ = load_or_make_splits(splits_path, meta, ft.fractions, ft.split_seed)
     cells = []
     if "classification" in ft.tasks:
@@ -178,7 +180,7 @@ def stage_finetune(
     return results_md
 
 
-def stage_index(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> str:
+def stage_index(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write) -> str:
     """FAISS index of every embedded record (as ``adaptor index``); returns example searches."""
     from adaptor.retrieval import build_index, example_searches, open_searcher
 
@@ -200,7 +202,9 @@ def stage_index(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = 
         searcher.close()
 
 
-def run_flow(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = print) -> RunResult:
+def run_flow(
+    cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
+) -> RunResult:
     """Run every stage, resuming whatever is already done."""
     embedded = stage_embed(cfg, out, progress=progress, log=log)
     trained = stage_pretrain(cfg, out, progress=progress, log=log)

@@ -49,7 +49,13 @@ def test_adaptor_run_end_to_end_then_resume(tmp_path: Path) -> None:
     assert (out / "runs" / "synthetic" / "index" / "manifest.json").is_file()
     assert "example searches" in first.output and "-> images" in first.output
 
+    pretrain = out / "runs" / "synthetic" / "pretrain"
+    outputs = [pretrain / "metrics.json", pretrain / "adaptor" / "model.safetensors"]
+    before = {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in outputs}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "resuming" in again.output or "already" in again.output
+    assert "already finished" in again.output
+    assert "from its newest checkpoint" not in again.output
+    assert {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in outputs} == before
+    assert json.loads((pretrain / "metrics.json").read_text())["resumed_at_steps"] == []
     assert json.loads((downstream / "results.json").read_text())["cells"] == cells

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from adaptor.data.splits import LabelSplits, SplitError, load_or_make_splits, make_label_splits
+from adaptor.data.splits import (
+    LabelSplits,
+    SplitError,
+    carve_val,
+    load_or_make_splits,
+    make_label_splits,
+)
 
 PREVALENCE = {"common": 0.4, "medium": 0.15, "rare": 0.02}
 
@@ -122,3 +129,77 @@ def test_bad_fractions_and_unlabelled_records_are_refused() -> None:
         make_label_splits(_meta(50), (0.0, 1.0))
     with pytest.raises(SplitError, match="no labels"):
         make_label_splits([{"id": "a", "split": "train", "labels": {}}])
+
+
+def _without_val(rows: list[dict]) -> list[dict]:
+    return [{**r, "split": "train" if r["split"] == "val" else r["split"]} for r in rows]
+
+
+def test_carve_is_patient_level_seeded_and_about_a_tenth() -> None:
+    train = [r for r in _without_val(_meta(300)) if r["split"] == "train"]
+    carve = carve_val(train, seed=0)
+    assert carve is not None
+    val = {r["id"] for r in train if carve.holds(r)}
+    n_patients = len({r["patient_id"] for r in train})
+    assert carve.train_patients == n_patients
+    assert carve.patients == round(0.1 * n_patients) and carve.records == len(val)
+    val_patients = {r["patient_id"] for r in train if r["id"] in val}
+    assert len(val_patients) == carve.patients
+    assert all((r["id"] in val) == (r["patient_id"] in val_patients) for r in train)
+    assert carve_val(list(reversed(train)), seed=0) == carve  # the rows' order does not matter
+    assert carve_val(train, seed=1) != carve
+
+
+def test_carve_keeps_what_training_needs_or_gives_up() -> None:
+    train = [{"id": f"r{i}", "split": "train"} for i in range(20)]  # no patient ids
+    assert carve_val(train, seed=0).patients == 2  # each record is its own patient
+    assert carve_val(train, seed=0, min_records=5).records == 5
+    fits = lambda c: 20 - c.records >= 19  # noqa: E731 - one batch of 19 must stay in train
+    assert carve_val(train, seed=0, fits=fits).records == 1
+    assert carve_val(train, seed=0, min_records=2, fits=fits) is None
+    one_patient = [{**r, "patient_id": "p0"} for r in train]
+    assert carve_val(one_patient, seed=0) is None
+
+
+def test_no_val_split_carves_one_from_train_with_a_warning() -> None:
+    rows = _without_val(_meta())
+    splits = make_label_splits(rows, (0.01, 0.1, 1.0), seed=0)
+    train_ids = {r["id"] for r in rows if r["split"] == "train"}
+    full, val = set(splits.train_ids(1.0)), set(splits.val)
+    assert val and full | val == train_ids and not full & val
+    assert set(splits.train_ids(0.01)) < set(splits.train_ids(0.1)) < full
+    patient = {r["id"]: r["patient_id"] for r in rows}
+    assert not {patient[i] for i in val} & {patient[i] for i in full}
+    assert any("no 'val' split" in w and "carved" in w for w in splits.warnings)
+    assert make_label_splits(rows, (0.01, 0.1, 1.0), seed=0) == splits
+
+
+def test_no_val_and_one_train_patient_warns_that_none_can_be_carved() -> None:
+    rows = [
+        {"id": f"r{i}", "patient_id": "p0", "split": "train", "labels": {"a": i % 2}}
+        for i in range(6)
+    ]
+    splits = make_label_splits(rows, (0.5, 1.0), seed=0)
+    assert splits.val == [] and len(splits.train_ids(1.0)) == 6
+    assert any("none can be carved" in w for w in splits.warnings)
+
+
+@pytest.mark.parametrize(
+    ("n_patients", "seed", "fractions", "sha256"),
+    [
+        (200, 3, (0.05, 1.0), "da67384670a1fccf8f320752769fa768ef1fb7f6f9a483123502d31a39de359c"),
+        (
+            600,
+            0,
+            (0.01, 0.1, 1.0),
+            "2c16940ecc25dfd4fef3de919eb939033111636eb1ea648f4301a09733b63124",
+        ),
+    ],
+    ids=["200-patients", "600-patients"],
+)
+def test_split_files_of_data_with_val_are_byte_identical_to_earlier_versions(
+    tmp_path: Path, n_patients: int, seed: int, fractions: tuple[float, ...], sha256: str
+) -> None:
+    path = tmp_path / "splits.json"
+    make_label_splits(_meta(n_patients), fractions, seed).save(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256

@@ -63,7 +63,11 @@ def embed(
         bool, typer.Option(help="stop at the first bad record instead of skipping it")
     ] = False,
     allow_empty_reports: Annotated[
-        bool, typer.Option(help="keep records whose report is empty")
+        bool,
+        typer.Option(
+            help="keep records whose report is empty (image-only layouts such as chexpert "
+            "keep them without it)"
+        ),
     ] = False,
     patch_tokens: Annotated[
         bool, typer.Option(help="also store the image encoder's patch tokens")
@@ -91,8 +95,9 @@ def embed(
 ) -> None:
     """Run the frozen encoders over a source and write WebDataset embedding shards.
 
-    Bad records are reported, skipped and listed in manifest.json. A killed job,
-    rerun with the same command, keeps its finished shards and does the rest.
+    Bad records are reported, skipped and listed in manifest.json; a run that keeps
+    no record at all is an error. A killed job, rerun with the same command, keeps its
+    finished shards and does the rest.
     With --address the shards are shared out to encoder actors on a Ray cluster;
     they write the same shards as a local run.
     """
@@ -202,10 +207,12 @@ def run(
 ) -> None:
     """Run every stage end to end (synth → embed → pretrain → finetune → index), resuming what
     is done, and print the results table and example searches."""
+    from tqdm import tqdm
+
     from adaptor.run import run_flow
 
     cfg = load_config(config)
-    result = run_flow(cfg, out, progress=progress, log=typer.echo)
+    result = run_flow(cfg, out, progress=progress, log=tqdm.write)  # not onto the bars
     if result.results_md is not None:
         typer.echo(result.results_md.read_text(encoding="utf-8"))
     typer.echo(f"example searches (more: adaptor serve --index {result.paths.index}):\n")

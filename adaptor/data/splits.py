@@ -10,24 +10,29 @@ stratification (``iterstrat``), so subsets are nested by construction. Where the
 stratifier leaves a class without positives in a small subset, a patient with that
 class is added from the parent subset; where the parent has none either, a warning says
 so and metrics for that class come out undefined.
+
+Records with no ``val`` split get one carved from ``train`` (:func:`carve_val`): about
+10 % of the train patients, picked by a seeded hash of the patient id, with a warning.
+Pretraining carves its val split the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from adaptor.atomic import atomic_write_json
+from adaptor.data.sources.base import patient_fraction
 from adaptor.errors import AdaptorError
 
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+VAL_CARVE_FRACTION = 0.1  # share of the train patients carved into val where there is no val
 
 
 class SplitError(AdaptorError, ValueError):
@@ -75,6 +80,75 @@ class LabelSplits:
             raise SplitError(f"cannot read label splits from {path}: {err}") from err
 
 
+def patient_of(row: dict[str, Any]) -> str:
+    """The patient of a record: its ``patient_id``, else the record is its own patient."""
+    return row.get("patient_id") or f"record:{row['id']}"
+
+
+@dataclass(frozen=True)
+class ValCarve:
+    """A val split carved from ``train``: the patients whose seeded hash is at most ``cut``.
+
+    Whether a record belongs to it depends only on its metadata, the seed and ``cut``, so
+    every process reading the same shards (the driver, each Ray worker) agrees.
+    """
+
+    seed: int
+    cut: float
+    patients: int
+    records: int
+    train_patients: int
+
+    def holds(self, row: dict[str, Any]) -> bool:
+        """Whether a ``train`` record moves to val."""
+        return _carve_rank(patient_of(row), self.seed) <= self.cut
+
+    def describe(self) -> str:
+        """One line for logs and warnings."""
+        return (
+            f"carved a val split from train: {self.patients} of {self.train_patients} "
+            f"patients ({self.records} records, seed {self.seed})"
+        )
+
+
+def carve_val(
+    train: Sequence[dict[str, Any]],
+    seed: int,
+    *,
+    min_records: int = 1,
+    fits: Callable[[ValCarve], bool] = lambda carve: True,
+) -> ValCarve | None:
+    """About ``VAL_CARVE_FRACTION`` of the ``train`` patients as val, chosen by a seeded hash.
+
+    At least one patient and ``min_records`` records go to val, and at least one patient
+    stays in train; ``fits(carve)`` may demand more of what stays (e.g. a full batch).
+    Fewer patients are carved when that is needed to fit; None when nothing fits.
+    """
+    counts = Counter(patient_of(row) for row in train)
+    order = sorted(counts, key=lambda p: (_carve_rank(p, seed), p))
+    records = np.cumsum([0] + [counts[p] for p in order])  # records[k]: the first k patients
+    k = max(1, round(VAL_CARVE_FRACTION * len(order)))
+    while k < len(order) and records[k] < min_records:
+        k += 1
+    for n in range(min(k, len(order) - 1), 0, -1):
+        if records[n] < min_records:
+            break
+        carve = ValCarve(
+            seed=seed,
+            cut=_carve_rank(order[n - 1], seed),
+            patients=n,
+            records=int(records[n]),
+            train_patients=len(order),
+        )
+        if fits(carve):
+            return carve
+    return None
+
+
+def _carve_rank(patient: str, seed: int) -> float:
+    return patient_fraction(f"val-carve:{seed}:{patient}")
+
+
 def label_names_of(meta: Sequence[dict[str, Any]]) -> list[str]:
     """Every label name that occurs in the records, in order of first appearance."""
     names: dict[str, None] = {}
@@ -108,6 +182,9 @@ def make_label_splits(
     if not by_split["train"]:
         raise SplitError("no records in the 'train' split")
     _check_patient_disjoint(by_split)
+    warnings: list[str] = []
+    if not by_split["val"]:
+        warnings.append(_carve_into(by_split, seed))
 
     patients: dict[str, list[str]] = defaultdict(list)  # patient -> record ids
     positives: dict[str, np.ndarray] = {}
@@ -120,7 +197,6 @@ def make_label_splits(
     n_records = sum(len(patients[p]) for p in order)
 
     rng = np.random.default_rng(seed)
-    warnings: list[str] = []
     chosen = order
     subsets: dict[str, list[str]] = {}
     for fraction in reversed(fracs):
@@ -174,6 +250,20 @@ def load_or_make_splits(
     return splits, True
 
 
+def _carve_into(by_split: dict[str, list[dict[str, Any]]], seed: int) -> str:
+    """Move a carved val split out of ``train`` (for early stopping); the warning saying so."""
+    train = by_split["train"]
+    carve = carve_val(train, seed)
+    if carve is None:
+        return (
+            "the records have no 'val' split and one train patient only, so none can be "
+            "carved: heads train without early stopping on val"
+        )
+    by_split["val"] = [row for row in train if carve.holds(row)]
+    by_split["train"] = [row for row in train if not carve.holds(row)]
+    return f"the records have no 'val' split: {carve.describe()}, for early stopping"
+
+
 def _check_patient_disjoint(by_split: dict[str, list[dict[str, Any]]]) -> None:
     owner: dict[str, str] = {}
     for split, rows in by_split.items():
@@ -203,6 +293,8 @@ def _stratified_subset(
         return list(parent)
     if n_pick == 1:
         return sorted(rng.choice(parent, size=n_pick, replace=False).tolist())
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit  # imports sklearn: slow
+
     y = np.stack([positives[p] for p in parent]).astype(int)
     splitter = MultilabelStratifiedShuffleSplit(
         n_splits=1, test_size=n_pick, random_state=int(rng.integers(2**31 - 1))

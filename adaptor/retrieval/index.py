@@ -112,7 +112,7 @@ def build_index(
     factory: str | None = None,
     target_recall: float = 0.95,
     progress: bool = True,
-    log: Log = print,
+    log: Log = tqdm.write,
     split: str | None = None,
     thumbnails: bool = True,
     batch_size: int = 1024,
@@ -197,7 +197,7 @@ def write_index(
     thumbnail_root: Path | None = None,
     info: dict[str, Any] | None = None,
     progress: bool = True,
-    log: Log = print,
+    log: Log = tqdm.write,
 ) -> IndexInfo:
     """Write an index folder from a re-iterable stream of projected batches.
 

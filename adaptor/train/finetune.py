@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from adaptor.data.splits import LabelSplits
 from adaptor.errors import AdaptorError
@@ -78,7 +79,7 @@ def finetune_classification(
     *,
     splits_path: Path,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
 ) -> list[CellResult]:
     """Train and test every method × fraction × seed; return one :class:`CellResult` each."""
     shards = Path(cfg.shards).resolve()

@@ -53,7 +53,7 @@ def run_grid(
     workers: int = 1,
     address: str | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
     desc: str = "train",
 ) -> dict[str, dict[str, Any]]:
     """Train every cell not finished yet with ``train_fn(cell, shared)`` under Ray Train.

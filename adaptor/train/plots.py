@@ -34,7 +34,10 @@ def plot_pretraining(
             untrained["val_t2i_r@10"], color="red", ls="--", label="untrained t→i R@10"
         )
     ax_recall.set(xlabel="epoch", ylabel="recall", title="val retrieval", ylim=(0, 1))
-    ax_recall.legend(fontsize=8)
+    if ax_recall.get_legend_handles_labels()[0]:
+        ax_recall.legend(fontsize=8)
+    else:
+        ax_recall.text(0.5, 0.5, "no val records", ha="center", va="center")
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.stem + ".partial.png")

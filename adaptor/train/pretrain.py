@@ -5,16 +5,21 @@ The driver (:func:`pretrain`) checks the shards and the cluster, then runs a
 in memory (kilobytes per sample), so data loading never limits a step. The
 loss all-gathers embeddings with gradients, so W workers at batch B train like
 one worker at batch W·B. A rerun of the same command resumes from the newest
-checkpoint under ``RUN/ray/``.
+checkpoint under ``RUN/ray/``; a rerun of a finished run returns its outputs at once,
+without starting Ray. Shards without ``val`` records get a val split carved from
+``train`` (:func:`adaptor.data.splits.carve_val`); where none can be carved, training
+runs without val and keeps the last epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +30,29 @@ import torch
 from tqdm import tqdm
 
 from adaptor.atomic import atomic_open, atomic_write_json
+from adaptor.data.splits import VAL_CARVE_FRACTION, ValCarve, carve_val
 from adaptor.errors import AdaptorError
+from adaptor.model.adaptor import CONFIG_NAME, WEIGHTS_NAME
 from adaptor.shards import ShardReader
+from adaptor.shards.manifest import Manifest
+from adaptor.shards.reader import EmbeddingTable
 from adaptor.train.ray_env import cpus_per_worker, start_ray
 from adaptor.train.retrieval_metrics import chance_recall, paired_recall
 
 STATE_FILE = "state.pt"
 SELECTION_METRIC = "val_recall_mean"
+LAST_EPOCH = "last epoch (no val records)"  # metrics.json "selected_by" when nothing chooses
+VAL_MIN_PAIRS = 2  # a carved val split holds at least this many pairs: one pair ranks nothing
+# options that do not change what a run trains, so they may differ on a rerun of a finished run
+_NOT_OPTIONS = (
+    "shards",  # its content counts instead (shards_sha256), not where it lies
+    "out",
+    "address",
+    "use_gpu",
+    "max_failures",
+    "fail_at_step",
+    "checkpoint_every_steps",
+)
 
 
 class PretrainError(AdaptorError, RuntimeError):
@@ -78,19 +99,35 @@ class PretrainResult:
 
 
 def pretrain(
-    cfg: PretrainConfig, *, progress: bool = True, log: Callable[[str], None] = print
+    cfg: PretrainConfig, *, progress: bool = True, log: Callable[[str], None] = tqdm.write
 ) -> PretrainResult:
-    """Train (or resume) the Adaptor on ``cfg.shards``; write weights, metrics and a plot to ``cfg.out``."""
+    """Train (or resume) the Adaptor on ``cfg.shards``; write weights, metrics and a plot to ``cfg.out``.
+
+    A run that already finished with the same options and shards is returned as it is,
+    without starting Ray or touching its files.
+    """
     run_dir = Path(cfg.out).resolve()
     shards = Path(cfg.shards).resolve()
     reader = ShardReader(shards)
-    n_train = n_bad = 0
-    for sample in reader.samples(rank=0, world_size=1, split="train"):
-        finite = all(np.isfinite(sample[m]).all() for m in ("image", "text"))
-        n_train += finite
-        n_bad += not finite
-    if n_bad:
-        log(f"skipping {n_bad} training record(s) whose embeddings are NaN or Inf")
+    if cfg.objective not in ("unpaired", "paired"):
+        raise PretrainError(f"unknown objective {cfg.objective!r}: unpaired or paired")
+    if len(reader.paths) < cfg.workers:
+        raise PretrainError(
+            f"{cfg.workers} workers need at least as many shards; {shards} has {len(reader.paths)}"
+        )
+    options = _options(cfg, reader.manifest)
+    saved = _newest_checkpoint_on_disk(run_dir / "ray" / "pretrain", torch.device("cpu"), mmap=True)
+    done = _finished_outputs(run_dir, saved, options)
+    if done is not None:
+        log(
+            f"pretraining in {run_dir} already finished ({cfg.epochs} epochs, same options and "
+            "shards): nothing to do"
+        )
+        return done
+    scan = _scan(reader, cfg.workers)
+    if scan.bad:
+        log(f"skipping {scan.bad} record(s) whose embeddings are NaN or Inf")
+    n_train = len(scan.train)
     if n_train == 0:
         raise PretrainError(f"no training samples (split 'train') in {shards}")
     if cfg.batch_size * cfg.workers > n_train:
@@ -98,12 +135,12 @@ def pretrain(
             f"batch size {cfg.batch_size} × {cfg.workers} worker(s) exceeds the {n_train} training samples in {shards}; "
             "use a smaller --batch-size"
         )
-    if cfg.objective not in ("unpaired", "paired"):
-        raise PretrainError(f"unknown objective {cfg.objective!r}: unpaired or paired")
-    if len(reader.paths) < cfg.workers:
+    if not _every_rank_has_a_batch(scan, cfg):
         raise PretrainError(
-            f"{cfg.workers} workers need at least as many shards; {shards} has {len(reader.paths)}"
+            f"some of the {cfg.workers} workers get fewer than {cfg.batch_size} training samples "
+            f"from their shards in {shards}; use fewer --workers or a smaller --batch-size"
         )
+    carve, val = _val_split(scan, cfg, shards, log)
 
     start_ray(cfg.address)
     import ray.train
@@ -118,6 +155,7 @@ def pretrain(
         "out": str(run_dir),
         "threads": threads,
         "encoders": reader.manifest.encoders,
+        "val_carve": asdict(carve) if carve else None,
     }
     trainer = TorchTrainer(
         _train_loop,
@@ -132,8 +170,15 @@ def pretrain(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    if (run_dir / "metrics.jsonl").is_file():
-        log(f"resuming {run_dir} from its newest checkpoint")
+    if saved is not None:
+        state = saved["state"]
+        if state["epoch"] < cfg.epochs:
+            log(
+                f"resuming {run_dir} from its newest checkpoint (epoch {state['epoch']}, "
+                f"step {state['global_step']})"
+            )
+        else:
+            log(f"{run_dir} holds {state['epoch']} trained epochs: writing their outputs")
     try:
         with _EpochProgress(run_dir / "metrics.jsonl", cfg.epochs, enabled=progress):
             result = trainer.fit()
@@ -141,7 +186,101 @@ def pretrain(
         raise PretrainError(
             f"pretraining failed: {_root_cause(err)}\ncheckpoints kept in {run_dir / 'ray'}"
         ) from err
-    return _write_outputs(run_dir, result.checkpoint)
+    return _write_outputs(run_dir, result.checkpoint, options=options, val=val)
+
+
+@dataclass
+class _Scan:
+    """What one pass over the shards tells the driver about the usable (finite) records."""
+
+    train: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (rank, meta)
+    val: int = 0
+    bad: int = 0
+
+
+def _scan(reader: ShardReader, workers: int) -> _Scan:
+    """Each usable train record with the worker rank that reads it; val and NaN/Inf counts."""
+    scan = _Scan()
+    for rank in range(workers):
+        for sample in reader.samples(rank=rank, world_size=workers):
+            split = sample["meta"].get("split")
+            if split not in ("train", "val"):
+                continue
+            if not all(np.isfinite(sample[m]).all() for m in ("image", "text")):
+                scan.bad += 1
+            elif split == "train":
+                scan.train.append((rank, sample["meta"]))
+            else:
+                scan.val += 1
+    return scan
+
+
+def _every_rank_has_a_batch(
+    scan: _Scan, cfg: PretrainConfig, carve: ValCarve | None = None
+) -> bool:
+    """Whether each worker keeps a full batch of training records (after ``carve``)."""
+    kept = Counter(r for r, meta in scan.train if carve is None or not carve.holds(meta))
+    return all(kept[r] >= cfg.batch_size for r in range(cfg.workers))
+
+
+def _val_split(
+    scan: _Scan, cfg: PretrainConfig, shards: Path, log: Callable[[str], None]
+) -> tuple[ValCarve | None, dict[str, Any]]:
+    """The val carve (None: the shards' own val split, or none possible) and its metrics.json entry."""
+    if scan.val:
+        return None, {"source": "split", "records": scan.val}
+    carve = carve_val(
+        [meta for _, meta in scan.train],
+        cfg.seed,
+        min_records=VAL_MIN_PAIRS,
+        fits=lambda c: _every_rank_has_a_batch(scan, cfg, c),
+    )
+    if carve is None:
+        log(
+            f"no val records in {shards}, and too few training patients to carve a val split "
+            f"that leaves every worker a batch of {cfg.batch_size}: training without val, "
+            "so no val metrics, and the last epoch is kept"
+        )
+        return None, {"source": "none", "records": 0}
+    log(
+        f"no val records in {shards}: {carve.describe()}, about "
+        f"{VAL_CARVE_FRACTION:.0%} of the patients; val recall on it chooses the best epoch"
+    )
+    return carve, {
+        "source": "carved",
+        "records": carve.records,
+        "patients": carve.patients,
+        "train_patients": carve.train_patients,
+        "seed": carve.seed,
+    }
+
+
+def _options(cfg: PretrainConfig, manifest: Manifest) -> dict[str, Any]:
+    """What makes two runs the same: the training options and the shards' content."""
+    options = {k: v for k, v in asdict(cfg).items() if k not in _NOT_OPTIONS}
+    content = [manifest.encoders, [(s.name, s.sha256) for s in manifest.shards]]
+    options["shards_sha256"] = hashlib.sha256(
+        json.dumps(content, sort_keys=True).encode()
+    ).hexdigest()
+    return options
+
+
+def _finished_outputs(
+    run_dir: Path, saved: dict[str, Any] | None, options: dict[str, Any]
+) -> PretrainResult | None:
+    """The outputs of ``run_dir`` if its newest checkpoint ends the run and they were written
+    from it with the same ``options``; else None."""
+    if saved is None or saved["state"]["epoch"] != options["epochs"]:
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    adaptor_dir = run_dir / "adaptor"
+    written = all((adaptor_dir / name).is_file() for name in (WEIGHTS_NAME, CONFIG_NAME))
+    if not written or metrics.get("options") != options:
+        return None
+    return PretrainResult(run_dir=run_dir, adaptor_dir=adaptor_dir, metrics=metrics)
 
 
 def _root_cause(err: Exception) -> str:
@@ -170,8 +309,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     reader = ShardReader(config["shards"])
-    train = _finite(reader.load("train", rank=rank, world_size=world))
-    val = _finite(reader.load("val"))
+    carve = ValCarve(**config["val_carve"]) if config["val_carve"] else None
+    train = _finite(_load(reader, lambda meta: _role(meta, carve) == "train", rank, world))
+    val = _finite(_load(reader, lambda meta: _role(meta, carve) == "val"))
     image, text = train.arrays["image"].to(device), train.arrays["text"].to(device)
     batch = config["batch_size"]
     steps_per_epoch = len(image) // batch
@@ -234,7 +374,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
-        state["resumed_at_steps"] = [*state.get("resumed_at_steps", []), state["global_step"]]
+        if state["epoch"] < config["epochs"]:  # a resume only where steps remain
+            state["resumed_at_steps"] = [*state.get("resumed_at_steps", []), state["global_step"]]
     elif rank == 0:
         state["untrained"] = _evaluate(model, val, config["image_weight"], device)
     if state["epoch"] >= config["epochs"]:
@@ -302,11 +443,13 @@ def _train_loop(config: dict[str, Any]) -> None:
             metrics.update(_evaluate(model, val, config["image_weight"], device))
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         state["history"].append(metrics)
-        if rank == 0 and (
-            state["best"] is None or metrics.get(SELECTION_METRIC, 0) > state["best"]["score"]
+        if (
+            rank == 0
+            and SELECTION_METRIC in metrics  # no val records: nothing to choose by
+            and (state["best"] is None or metrics[SELECTION_METRIC] > state["best"]["score"])
         ):
             state["best"] = {
-                "score": metrics.get(SELECTION_METRIC, 0),
+                "score": metrics[SELECTION_METRIC],
                 "epoch": epoch + 1,
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             }
@@ -341,12 +484,17 @@ def _config_diff(before: dict[str, Any], now: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in keys)
 
 
-def _newest_checkpoint_on_disk(folder: Path, device: torch.device) -> dict[str, Any] | None:
-    """The loadable checkpoint with the highest global step under ``folder``, if any."""
+def _newest_checkpoint_on_disk(
+    folder: Path, device: torch.device, *, mmap: bool = False
+) -> dict[str, Any] | None:
+    """The loadable checkpoint with the highest global step under ``folder``, if any.
+
+    ``mmap`` maps the tensors instead of reading them (for a driver that only looks).
+    """
     newest = None
     for path in folder.glob(f"checkpoint_*/{STATE_FILE}"):
         try:
-            saved = torch.load(path, map_location=device, weights_only=False)
+            saved = torch.load(path, map_location=device, weights_only=False, mmap=mmap)
         except Exception:  # a checkpoint cut short by the kill: skip it
             continue
         if newest is None or saved["state"]["global_step"] > newest["state"]["global_step"]:
@@ -383,6 +531,31 @@ def _evaluate(model, val, image_weight: float, device) -> dict[str, float]:  # n
     metrics["val_size"] = len(val)
     model.train()
     return metrics
+
+
+def _role(meta: dict[str, Any], carve: ValCarve | None) -> str | None:
+    """A record's split, with the carved train records in ``val``."""
+    split = meta.get("split")
+    if carve is not None and split == "train" and carve.holds(meta):
+        return "val"
+    return split
+
+
+def _load(
+    reader: ShardReader, keep: Callable[[dict[str, Any]], bool], rank: int = 0, world: int = 1
+) -> EmbeddingTable:
+    """The samples of this rank's shards whose metadata ``keep`` takes, as float32 tensors."""
+    rows = [s for s in reader.samples(rank=rank, world_size=world) if keep(s["meta"])]
+    return EmbeddingTable(
+        ids=[r["id"] for r in rows],
+        arrays={
+            m: torch.from_numpy(np.stack([r[m] for r in rows]).astype(np.float32))
+            if rows
+            else torch.empty(0)
+            for m in ("image", "text")
+        },
+        meta=[r["meta"] for r in rows],
+    )
 
 
 def _finite(table):  # noqa: ANN001, ANN202
@@ -424,12 +597,12 @@ class _EpochProgress:
             if history and len(history) != bar.n:
                 last = history[-1]
                 bar.n = len(history)
-                bar.set_postfix(
-                    loss=f"{last['train_loss']:.3f}",
-                    t2i_r10=f"{last.get('val_t2i_r@10', 0):.3f}",
-                    chance=f"{last.get('chance_r@10', 0):.3f}",
-                    sps=f"{last['samples_per_s']:.0f}",
-                )
+                postfix = {"loss": f"{last['train_loss']:.3f}"}
+                if "val_t2i_r@10" in last:  # no val records: no recall to show
+                    postfix["t2i_r10"] = f"{last['val_t2i_r@10']:.3f}"
+                    postfix["chance"] = f"{last['chance_r@10']:.3f}"
+                postfix["sps"] = f"{last['samples_per_s']:.0f}"
+                bar.set_postfix(postfix)
             if finished:
                 bar.close()
                 return
@@ -456,8 +629,14 @@ def _write_history(run_dir: Path, state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- outputs
 
 
-def _write_outputs(run_dir: Path, checkpoint: Any) -> PretrainResult:
-    """Best weights to ``RUN/adaptor/``, final figures to ``RUN/metrics.json``, curves to ``RUN/curves.png``."""
+def _write_outputs(
+    run_dir: Path, checkpoint: Any, *, options: dict[str, Any], val: dict[str, Any]
+) -> PretrainResult:
+    """Best weights to ``RUN/adaptor/``, final figures to ``RUN/metrics.json``, curves to ``RUN/curves.png``.
+
+    ``options`` (what makes a rerun the same run) and ``val`` (where the val records came
+    from) go into ``metrics.json``. Without val records the last epoch is kept.
+    """
     from adaptor.model import Adaptor, AdaptorConfig
     from adaptor.train.plots import plot_pretraining
 
@@ -477,14 +656,17 @@ def _write_outputs(run_dir: Path, checkpoint: Any) -> PretrainResult:
     best_metrics = history[best_epoch - 1] if history else {}
     metrics = {
         "best_epoch": best_epoch,
+        "selected_by": SELECTION_METRIC if best else LAST_EPOCH,
         "best": {k: v for k, v in best_metrics.items() if k.startswith(("val_", "chance_"))},
         "final": final,
         "untrained": state.get("untrained") or {},
+        "val": val,
         "trainable_parameters": model.num_trainable_parameters(),
         "samples_per_s": sum(h["samples_per_s"] for h in history) / max(1, len(history)),
         "epochs": len(history),
         "resumed_at_steps": state.get("resumed_at_steps", []),
         "encoders": saved["model_config"].get("encoders"),
+        "options": options,
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     plot_pretraining(history, run_dir / "curves.png", untrained=metrics["untrained"])
@@ -494,7 +676,16 @@ def _write_outputs(run_dir: Path, checkpoint: Any) -> PretrainResult:
 def describe(metrics: dict[str, Any]) -> str:
     """A short human summary of ``metrics.json``."""
     best, untrained = metrics["best"], metrics["untrained"]
-    parts = [f"best epoch {metrics['best_epoch']}/{metrics['epochs']}"]
+    epochs = metrics["epochs"]
+    if metrics.get("selected_by") == LAST_EPOCH:
+        parts = [f"last epoch {epochs}/{epochs} kept (no val records to choose the best by)"]
+    else:
+        parts = [f"best epoch {metrics['best_epoch']}/{epochs}"]
+    val = metrics.get("val") or {}
+    if val.get("source") == "carved":
+        parts.append(
+            f"val carved from train ({val['records']} records of {val['patients']} patients)"
+        )
     for k in (1, 5, 10):
         key = f"val_t2i_r@{k}"
         if key in best:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from adaptor.atomic import atomic_open
 from adaptor.data.sources import open_source
@@ -120,7 +121,7 @@ def finetune_segmentation(
     splits: LabelSplits,
     *,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
 ) -> list[CellResult]:
     """Train and test every method × fraction × seed; write the overlay grid; return the cells."""
     plan = plan_segmentation(cfg, splits, progress=progress, log=log)
@@ -154,7 +155,7 @@ def plan_segmentation(
     splits: LabelSplits,
     *,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
 ) -> SegmentationPlan:
     """Check the inputs, fill the feature-map cache (``feature_maps="cache"``), list the cells."""
     shards = Path(cfg.shards).resolve()
