@@ -42,7 +42,8 @@ def test_clip_loss_hand_computed_2x2() -> None:
     ) / 2
     scale = torch.tensor(math.log(10.0))
 
-    assert clip_loss(image, text, scale).item() == pytest.approx(0.75 * i2t + 0.25 * t2i, rel=1e-6)
+    # Default: 0.75 on text→image, as the reference (t2i_weight).
+    assert clip_loss(image, text, scale).item() == pytest.approx(0.25 * i2t + 0.75 * t2i, rel=1e-6)
     assert clip_loss(image, text, scale, image_weight=1.0).item() == pytest.approx(i2t, rel=1e-6)
     assert clip_loss(image, text, scale, image_weight=0.0).item() == pytest.approx(t2i, rel=1e-6)
     # Asymmetric case, so the direction the weight applies to matters.

@@ -1,12 +1,25 @@
 """The Adaptor: a small trainable cross-attention stack on top of frozen, cached embeddings.
 
 Each modality is linearly projected into a shared ``width`` and L2-normalised token by
-token. Each side is a token sequence ``[global, *extra tokens]``. Every layer updates
-both sides at once from that layer's inputs: image tokens attend to text tokens
-(query = image, key/value = text) and text tokens attend to image tokens, each followed
-by a feed-forward block, with residuals and LayerNorm (post-norm by default). Without
-the other modality (downstream use) a side runs self-attention over itself with the same
-weights. The output of each side is its first token, L2-normalised.
+token. Each side is a token sequence ``[global, *extra tokens]``. The output of each side
+is its first token, L2-normalised. Two layer wirings (``AdaptorConfig.wiring``):
+
+``"ours"``: every layer has image-side and text-side weights and updates both sides at
+once from that layer's inputs; image tokens attend to text tokens (query = image,
+key/value = text) and back, each followed by a GELU feed-forward block, with residuals
+and LayerNorm (post-norm by default). The logit scale is clamped to ``max_logit_scale``.
+With one token per side the paired image output is a function of its text, so the
+paired contrastive loss can be solved by copying.
+
+``"reference"``: as github holajoa/Adaptor-VL-SSL (``models/adaptor.py``): one set of
+weights per layer serves both sides, attention takes query = the other side and
+key/value = this side, residual on this side, post-norm, ReLU feed-forward; the image is
+updated first and the text then attends over the updated image. Projections have no
+bias and the logit scale is not clamped. With one token per side nothing crosses between
+modalities (softmax over one key is 1), so paired and single-side outputs are equal.
+
+Without the other modality (downstream use) a side runs self-attention over itself with
+the same weights.
 """
 
 from __future__ import annotations
@@ -27,11 +40,16 @@ from adaptor.atomic import atomic_open, atomic_write_json
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _NORMS = ("post", "pre")
+_WIRINGS = ("ours", "reference")
 
 
 @dataclass
 class AdaptorConfig:
-    """Shape and hyper-parameters of an :class:`Adaptor`; JSON round-trips via ``to_dict``."""
+    """Shape and hyper-parameters of an :class:`Adaptor`; JSON round-trips via ``to_dict``.
+
+    ``wiring`` picks the layer wiring (see the module docstring); with ``"reference"``,
+    ``max_logit_scale`` is unused. Keys missing from a saved config take these defaults.
+    """
 
     image_dim: int
     text_dim: int
@@ -46,10 +64,15 @@ class AdaptorConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)
     encoders: dict | None = None
+    wiring: str = "ours"
 
     def __post_init__(self) -> None:
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        if self.wiring not in _WIRINGS:
+            raise ValueError(f"wiring must be one of {_WIRINGS}, got {self.wiring!r}")
+        if self.wiring == "reference" and self.norm != "post":
+            raise ValueError(f"wiring 'reference' is post-norm, got norm={self.norm!r}")
         for name in ("image_dim", "text_dim", "width", "heads", "ffn_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -66,7 +89,7 @@ class AdaptorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AdaptorConfig:
-        """Build from :meth:`to_dict` output; unknown keys are an error."""
+        """Build from :meth:`to_dict` output; unknown keys are an error, missing ones default."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown AdaptorConfig keys: {sorted(unknown)}")
@@ -75,7 +98,7 @@ class AdaptorConfig:
 
 @dataclass
 class AdaptorOutput:
-    """L2-normalised ``image`` and ``text`` embeddings [B, width] and the clamped log-scale."""
+    """L2-normalised ``image`` and ``text`` embeddings [B, width] and the log-scale."""
 
     image: Tensor
     text: Tensor | None
@@ -85,7 +108,7 @@ class AdaptorOutput:
 class _Side(nn.Module):
     """One direction of a layer: attention of a side's tokens over a context, then an FFN."""
 
-    def __init__(self, config: AdaptorConfig) -> None:
+    def __init__(self, config: AdaptorConfig, activation: type[nn.Module]) -> None:
         super().__init__()
         self.pre = config.norm == "pre"
         self.attn = nn.MultiheadAttention(
@@ -93,7 +116,7 @@ class _Side(nn.Module):
         )
         self.ffn = nn.Sequential(
             nn.Linear(config.width, config.ffn_hidden),
-            nn.GELU(),
+            activation(),
             nn.Dropout(config.dropout),
             nn.Linear(config.ffn_hidden, config.width),
         )
@@ -122,8 +145,8 @@ class _Layer(nn.Module):
 
     def __init__(self, config: AdaptorConfig) -> None:
         super().__init__()
-        self.image = _Side(config)
-        self.text = _Side(config)
+        self.image = _Side(config, nn.GELU)
+        self.text = _Side(config, nn.GELU)
 
     def forward(
         self, image: Tensor | None, text: Tensor | None, text_pad: Tensor | None
@@ -141,6 +164,29 @@ class _Layer(nn.Module):
         return None, self.text(text, txt_in, txt_in, text_pad)
 
 
+class _SharedLayer(nn.Module):
+    """Reference wiring: one post-norm ReLU block for both sides, query = the other side."""
+
+    def __init__(self, config: AdaptorConfig) -> None:
+        super().__init__()
+        self.shared = _Side(config, nn.ReLU)
+
+    def forward(
+        self, image: Tensor | None, text: Tensor | None, text_pad: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Image first, then text over the updated image; self-attention for a lone side.
+
+        Paired inputs are one token per side (the caller checks), so ``text_pad`` only
+        applies on the text-only path.
+        """
+        if image is not None and text is not None:
+            image = self.shared(image, text, image, None)
+            return image, self.shared(text, image, text, None)
+        if image is not None:
+            return self.shared(image, image, image, None), None
+        return None, self.shared(text, text, text, text_pad)
+
+
 class Adaptor(nn.Module):
     """Trainable cross-attention adaptor mapping frozen image/text embeddings to a shared space."""
 
@@ -148,15 +194,18 @@ class Adaptor(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.image_proj = nn.Linear(config.image_dim, w)
-        self.text_proj = nn.Linear(config.text_dim, w)
+        reference = config.wiring == "reference"
+        bias = not reference
+        self.image_proj = nn.Linear(config.image_dim, w, bias=bias)
+        self.text_proj = nn.Linear(config.text_dim, w, bias=bias)
         self.image_patch_proj = (
-            nn.Linear(config.image_patch_dim, w) if config.image_patch_dim else None
+            nn.Linear(config.image_patch_dim, w, bias=bias) if config.image_patch_dim else None
         )
         self.text_state_proj = (
-            nn.Linear(config.text_state_dim, w) if config.text_state_dim else None
+            nn.Linear(config.text_state_dim, w, bias=bias) if config.text_state_dim else None
         )
-        self.layers = nn.ModuleList(_Layer(config) for _ in range(config.layers))
+        layer = _SharedLayer if reference else _Layer
+        self.layers = nn.ModuleList(layer(config) for _ in range(config.layers))
         final = config.norm == "pre" and config.layers > 0
         self.image_final_norm = nn.LayerNorm(w) if final else nn.Identity()
         self.text_final_norm = nn.LayerNorm(w) if final else nn.Identity()
@@ -164,7 +213,12 @@ class Adaptor(nn.Module):
 
     @property
     def logit_scale(self) -> Tensor:
-        """Log of the contrastive temperature's inverse, clamped to ``max_logit_scale``."""
+        """Log of the contrastive temperature's inverse.
+
+        Clamped to ``max_logit_scale`` for wiring ``"ours"``, unclamped for ``"reference"``.
+        """
+        if self.config.wiring == "reference":
+            return self.logit_scale_raw
         return self.logit_scale_raw.clamp(max=self.config.max_logit_scale)
 
     def num_trainable_parameters(self) -> int:
@@ -225,7 +279,9 @@ class Adaptor(nn.Module):
         """Embed a batch; ``text=None`` runs the image-only (self-attention) path.
 
         ``cross=False`` encodes each side on its own (self-attention), as retrieval
-        does; with ``cross=True`` each image attends to its paired text and back.
+        does; with ``cross=True`` each image attends to its paired text and back. The
+        ``"reference"`` wiring pairs one global token per side: extra tokens are
+        accepted only with ``cross=False`` or on a single-side path.
 
         ``image`` [B, image_dim] and ``text`` [B, text_dim] are global embeddings;
         ``image_tokens`` [B, N, image_patch_dim] and ``text_tokens`` [B, T, text_state_dim]
@@ -243,6 +299,13 @@ class Adaptor(nn.Module):
                 self.encode_text(text, text_tokens, text_token_mask),
                 self.logit_scale,
             )
+        if self.config.wiring == "reference" and (
+            image_tokens is not None or text_tokens is not None
+        ):
+            raise ValueError(
+                "wiring 'reference' pairs one global token per side: image_tokens / "
+                "text_tokens are only accepted with cross=False or on a single-side path"
+            )
         img = self._image_seq(image, image_tokens)
         txt, pad = self._text_seq(text, text_tokens, text_token_mask)
         for layer in self.layers:
@@ -254,7 +317,7 @@ class Adaptor(nn.Module):
         )
 
     def encode_image(self, image: Tensor, image_tokens: Tensor | None = None) -> Tensor:
-        """Image-only embedding [B, width] (self-attention with the image-side weights)."""
+        """Image-only embedding [B, width]: self-attention, image-side (or shared) weights."""
         img = self._image_seq(image, image_tokens)
         for layer in self.layers:
             img, _ = layer(img, None, None)
@@ -266,7 +329,7 @@ class Adaptor(nn.Module):
         text_tokens: Tensor | None = None,
         text_token_mask: Tensor | None = None,
     ) -> Tensor:
-        """Text-only embedding [B, width] (self-attention with the text-side weights)."""
+        """Text-only embedding [B, width]: self-attention, text-side (or shared) weights."""
         txt, pad = self._text_seq(text, text_tokens, text_token_mask)
         for layer in self.layers:
             _, txt = layer(None, txt, pad)

@@ -1,8 +1,12 @@
 """Weighted symmetric contrastive (CLIP) loss, single-process and distributed.
 
-``image_weight`` weights the image→text direction: each image row is classified over
-all texts (``CE(logits, targets)``). ``1 - image_weight`` weights the text→image direction
-(``CE(logits.T, targets)``). The reference uses ``image_weight=0.75``.
+``t2i_weight`` weights the text→image direction: each text row is classified over all
+images (``CE(logits.T, targets)`` with ``logits = scale * image @ text.T``).
+``1 - t2i_weight`` weights image→text (``CE(logits, targets)``: each image row over all
+texts). The reference (holajoa/Adaptor-VL-SSL, ``CLIPLossFromSimilarities(0.75)`` on
+``logits_per_text``) puts 0.75 on text→image, the default here. The older keyword
+``image_weight`` (weight of image→text) is still accepted, deprecated:
+``image_weight=w`` means ``t2i_weight=1 - w``.
 
 Distributed (:class:`ClipLoss`): every rank all-gathers both embeddings *with gradients*
 and computes the loss of its own rows against all global columns (open_clip's
@@ -26,21 +30,47 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+DEFAULT_T2I_WEIGHT = 0.75
+
+
+def _direction_weights(t2i_weight: float | None, image_weight: float | None) -> tuple[float, float]:
+    """(image→text, text→image) weights from ``t2i_weight`` or deprecated ``image_weight``."""
+    if image_weight is not None:
+        if t2i_weight is not None:
+            raise ValueError("give t2i_weight or the deprecated image_weight, not both")
+        i2t, t2i = image_weight, 1 - image_weight
+    else:
+        t2i = DEFAULT_T2I_WEIGHT if t2i_weight is None else t2i_weight
+        i2t = 1 - t2i
+    if not 0.0 <= t2i <= 1.0:
+        raise ValueError(f"direction weights must be in [0, 1], got t2i_weight={t2i}")
+    return i2t, t2i
+
 
 def clip_loss(
-    image: Tensor, text: Tensor, logit_scale: Tensor, image_weight: float = 0.75
+    image: Tensor,
+    text: Tensor,
+    logit_scale: Tensor,
+    image_weight: float | None = None,
+    *,
+    t2i_weight: float | None = None,
 ) -> Tensor:
     """Weighted symmetric InfoNCE over a batch of paired, L2-normalised embeddings [B, D].
 
     ``logits = exp(logit_scale) * image @ text.T``; matching pairs are on the diagonal.
-    Returns ``image_weight * CE(logits, arange(B))`` (image→text: each image picks its
-    text) ``+ (1 - image_weight) * CE(logits.T, arange(B))`` (text→image).
+    Returns ``t2i_weight * CE(logits.T, arange(B))`` (text→image: each text picks its
+    image) ``+ (1 - t2i_weight) * CE(logits, arange(B))`` (image→text); ``t2i_weight``
+    defaults to 0.75 as the reference. ``image_weight`` (deprecated, the fourth
+    positional argument) is the image→text weight: it means ``t2i_weight = 1 - image_weight``.
     """
+    return _weighted(image, text, logit_scale, *_direction_weights(t2i_weight, image_weight))
+
+
+def _weighted(image: Tensor, text: Tensor, logit_scale: Tensor, i2t: float, t2i: float) -> Tensor:
+    """``i2t * CE(logits) + t2i * CE(logits.T)`` with ``logits = scale * image @ text.T``."""
     logits = logit_scale.exp() * image @ text.T
     targets = torch.arange(image.shape[0], device=image.device)
-    return image_weight * F.cross_entropy(logits, targets) + (1 - image_weight) * F.cross_entropy(
-        logits.T, targets
-    )
+    return i2t * F.cross_entropy(logits, targets) + t2i * F.cross_entropy(logits.T, targets)
 
 
 def _gather_with_grad(x: Tensor) -> Tensor:
@@ -63,18 +93,27 @@ class ClipLoss(nn.Module):
     rank's rows are scored against every rank's columns (see the module docstring for why
     DDP-averaged gradients then equal the single-worker, global-batch gradients). All ranks
     must pass the same batch size. Otherwise this is plain :func:`clip_loss`.
+
+    ``t2i_weight`` weights text→image (default 0.75, as the reference); the keyword
+    ``image_weight`` (deprecated) is the image→text weight, ``t2i_weight = 1 - image_weight``.
     """
 
-    def __init__(self, image_weight: float = 0.75, gather: bool = True) -> None:
+    def __init__(
+        self,
+        t2i_weight: float | None = None,
+        gather: bool = True,
+        *,
+        image_weight: float | None = None,
+    ) -> None:
         super().__init__()
-        self.image_weight = image_weight
+        self.i2t_weight, self.t2i_weight = _direction_weights(t2i_weight, image_weight)
         self.gather = gather
 
     def forward(self, image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
         """Loss of the local rows; its mean over ranks is the global-batch loss."""
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not (self.gather and distributed):
-            return clip_loss(image, text, logit_scale, self.image_weight)
+            return _weighted(image, text, logit_scale, self.i2t_weight, self.t2i_weight)
         all_image = _gather_with_grad(image)
         all_text = _gather_with_grad(text)
         scale = logit_scale.exp()
@@ -82,4 +121,4 @@ class ClipLoss(nn.Module):
         targets = torch.arange(batch, device=image.device) + dist.get_rank() * batch
         per_image = F.cross_entropy(scale * image @ all_text.T, targets)
         per_text = F.cross_entropy(scale * text @ all_image.T, targets)
-        return self.image_weight * per_image + (1 - self.image_weight) * per_text
+        return self.i2t_weight * per_image + self.t2i_weight * per_text
