@@ -24,9 +24,8 @@ import pydicom.data
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_retrieval import shared_index
 
-from adaptor.retrieval import Searcher, open_searcher
+from adaptor.retrieval import Searcher
 from adaptor.retrieval.service import ServiceLimits, create_app
 
 LIMITS = ServiceLimits(
@@ -35,15 +34,13 @@ LIMITS = ServiceLimits(
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
-    return shared_index(tmp_path_factory, synthetic_dir)[2]
+def index_dir(retrieval_index: tuple[Path, Path, Path]) -> Path:
+    return retrieval_index[2]
 
 
 @pytest.fixture(scope="module")
-def searcher(index_dir: Path) -> Searcher:
-    searcher = open_searcher(index_dir)
-    searcher.encoder.warm()
-    return searcher
+def searcher(service_searcher: Searcher) -> Searcher:
+    return service_searcher
 
 
 @pytest.fixture()
@@ -149,7 +146,14 @@ BAD_REQUESTS = [
         422,
         "at most 500 characters",
     ),
-    ("10 MB text", "post", "/search/text", {"json": {"text": "a" * 10_000_000}}, 413, "Too Large"),
+    (
+        "10 MB text",
+        "post",
+        "/search/text",
+        {"json": {"text": "a" * 10_000_000}},
+        413,
+        "takes at most 7024 bytes",
+    ),
     (
         "not JSON",
         "post",
@@ -249,7 +253,9 @@ BAD_REQUESTS = [
         "no thumbnail for id '../records.sqlite'",
     ),
     ("absolute id", "get", "/records//etc/passwd", {}, 404, "no record with id '/etc/passwd'"),
-    ("control chars", "get", "/records/a%00b", {}, 422, "printable characters"),
+    ("control chars", "get", "/records/a%00b", {}, 422, "none of them control characters"),
+    ("empty id", "get", "/records/", {}, 422, "at least 1 character"),
+    ("long id", "get", "/records/" + "a" * 513, {}, 422, "at most 512 characters"),
 ]
 
 
@@ -264,9 +270,21 @@ def test_bad_requests_get_4xx_and_the_service_keeps_serving(
     response = getattr(client, method)(url, **kwargs)
     assert response.status_code == status, response.text
     assert message in response.text
+    # the shapes the schema declares: validation errors for 422, one message otherwise
+    detail = response.json()["detail"]
+    assert isinstance(detail, list) if status == 422 else isinstance(detail, str)
     assert client.get("/health").status_code == 200
     ok = client.post("/search/text", json={"text": "effusion", "k": 2})
     assert ok.status_code == 200 and len(ok.json()["hits"]) == 2
+
+
+def test_the_longest_valid_text_fits_the_body_limit(client: TestClient) -> None:
+    """500 astral characters, each escaped as two \\uXXXX by a client's JSON encoder."""
+    body = json.dumps({"text": "\U0001f600" * 500, "k": 1}, ensure_ascii=True)
+    response = client.post(
+        "/search/text", content=body, headers={"content-type": "application/json"}
+    )
+    assert len(body) > 6000 and response.status_code == 200, response.text
 
 
 def test_api_key_guards_data_but_not_health(searcher: Searcher) -> None:

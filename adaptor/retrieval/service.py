@@ -8,17 +8,21 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 - ``GET /records/{id}``   one record's metadata; ``GET /thumbnails/{id}`` its JPEG thumbnail
 - ``GET /health``, ``GET /stats``; ``GET /`` the search page
 
-Every input is bounded (:class:`ServiceLimits`); a bad request gets a 4xx with a ``detail``
-message. Records are addressed by id through the metadata store only: no request names a
-file, so nothing outside the index folder can be read. Concurrent queries are
-micro-batched through the encoders (:mod:`adaptor.retrieval.batching`), all model work
-running on one thread. With an API key set, every endpoint but ``/``, ``/health`` and the
-schema requires it in the ``X-API-Key`` header.
+Every input is bounded (:class:`ServiceLimits`) and every answer is one the schema declares:
+a 422 is always FastAPI's list of validation errors (``{"detail": [{"loc", "msg", "type"}]}``),
+every other 4xx/5xx an :class:`ErrorOut` (``{"detail": "…"}``), so a client generated from
+the schema is never surprised. Records are addressed by id through the metadata store
+only: no request names a file, so nothing outside the index folder can be read. Concurrent
+queries are micro-batched through the encoders (:mod:`adaptor.retrieval.batching`), all
+model work running on one thread. With an API key set, every endpoint but ``/``,
+``/health`` and the schema requires it in the ``X-API-Key`` header (and only then does the
+schema declare the key and its 401).
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the request models defined
 # inside create_app (their bounds come from the limits) as objects, not as names.
 import os
+import re
 import secrets
 import time
 from collections import Counter
@@ -27,15 +31,26 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
 
 import torch
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Security, UploadFile
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Security,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from adaptor.retrieval.batching import BusyError, MicroBatcher
 from adaptor.retrieval.errors import RetrievalError
@@ -45,8 +60,20 @@ from adaptor.retrieval.uploads import BadUploadError, UnsupportedUploadError, de
 API_KEY_ENV = "ADAPTOR_API_KEY"
 API_KEY_HEADER = "X-API-Key"
 MAX_ID_CHARS = 512
+_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no control characters
+# one character that is white space to neither Python nor ECMAScript (they disagree on some)
+_NOT_BLANK = r"[^\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the uploaded file
+_JSON_CHAR_BYTES = 12  # worst case: an astral character escaped as two \uXXXX
 _PAGE = "page.html"
+_ERRORS = {
+    400: "the request cannot be served by this index",
+    401: f"missing or wrong API key (send it in the {API_KEY_HEADER} header)",
+    404: "no such record in this index",
+    413: "request body larger than the limit",
+    415: "not a PNG, JPEG or DICOM file",
+    503: "too many queries waiting; retry after the Retry-After seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,44 @@ class RecordOut(RecordMeta):
     thumbnail_url: str | None
 
 
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx but 422: what is wrong, in words."""
+
+    detail: str
+
+
+def _checked_id(record_id: str) -> str:
+    if not re.fullmatch(_ID_PATTERN, record_id):
+        raise ValueError(
+            f"a record id is 1 to {MAX_ID_CHARS} characters, none of them control characters"
+        )
+    return record_id
+
+
+RecordId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        description="the record's id as indexed (no control characters)",
+        json_schema_extra={"pattern": _ID_PATTERN},
+    ),
+    AfterValidator(_checked_id),
+]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring :class:`ErrorOut` bodies for ``codes``."""
+    return {code: {"model": ErrorOut, "description": _ERRORS[code]} for code in codes}
+
+
+def _invalid_upload(message: str) -> RequestValidationError:
+    """A 422 for the ``file`` field, shaped like every other validation error."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", "file"), "msg": message, "input": None}]
+    )
+
+
 def create_app(
     searcher: Searcher, limits: ServiceLimits | None = None, api_key: str | None = None
 ) -> FastAPI:
@@ -114,13 +179,18 @@ def create_app(
         """A report-like text; finds the images whose embedding is closest to it."""
 
         model_config = ConfigDict(extra="forbid")
-        text: str = Field(min_length=1, max_length=limits.max_text_chars)
+        text: str = Field(
+            min_length=1,
+            max_length=limits.max_text_chars,
+            description="a report-like text, not only white space",
+            json_schema_extra={"pattern": _NOT_BLANK},
+        )
         k: int = Field(10, ge=1, le=limits.max_k)
 
         @field_validator("text")
         @classmethod
         def _not_blank(cls, value: str) -> str:
-            if not value.strip():
+            if not re.search(_NOT_BLANK, value):
                 raise ValueError("text is blank")
             return value
 
@@ -164,21 +234,37 @@ def create_app(
         description="Search indexed studies by report text or by image (see `adaptor serve`).",
         version="1",
         lifespan=lifespan,
-        max_body_size=64 * 1024,  # routes that take more say so
     )
+    # Only the search routes read a body, each under its own limit. There is no app-wide
+    # limit: Starlette's would answer 413 in plain text outside count_and_harden.
+    body_limits = {
+        "/search/text": _JSON_CHAR_BYTES * limits.max_text_chars + 1024,
+        "/search/image": limits.max_upload_bytes + _FORM_OVERHEAD,
+    }
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
 
     def require_key(given: str | None = Security(key_header)) -> None:
-        if api_key and not (given and secrets.compare_digest(given.encode(), api_key.encode())):
+        if not (given and api_key and secrets.compare_digest(given.encode(), api_key.encode())):
             raise HTTPException(
                 401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
             )
 
-    guarded = [Depends(require_key)]
+    # without a key the schema declares no security and no 401: the service asks for none
+    guarded = [Depends(require_key)] if api_key else []
+    keyed = (401,) if api_key else ()
 
     @app.middleware("http")
     async def count_and_harden(request: Request, call_next: Any) -> Response:
         response = await call_next(request)
+        if response.status_code == 413 and not response.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            # the body limit answers in plain text; say it in the declared shape, with the limit
+            limit = body_limits.get(getattr(request.scope.get("route"), "path", ""))
+            detail = "Content Too Large"
+            if limit:
+                detail += f": this endpoint takes at most {limit} bytes"
+            response = JSONResponse({"detail": detail}, status_code=413)
         counters[f"{response.status_code // 100}xx"] += 1
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = (
@@ -204,7 +290,7 @@ def create_app(
         """Liveness: the index is loaded and answering."""
         return {"status": "ok", "records": len(searcher)}
 
-    @app.get("/stats", dependencies=guarded)
+    @app.get("/stats", dependencies=guarded, responses=_errors(*keyed))
     def stats() -> dict[str, Any]:
         """The index, the limits, and request and batching counters."""
         return {
@@ -222,8 +308,8 @@ def create_app(
     @app.post(
         "/search/text",
         dependencies=guarded,
-        max_body_size=4 * limits.max_text_chars + 1024,
-        responses={413: {"description": "body larger than the text limit allows"}},
+        max_body_size=body_limits["/search/text"],
+        responses=_errors(400, *keyed, 413, 503),
     )
     async def search_text(query: TextQuery) -> SearchOut:
         """Images closest to a report-like text, best first."""
@@ -234,12 +320,8 @@ def create_app(
     @app.post(
         "/search/image",
         dependencies=guarded,
-        max_body_size=limits.max_upload_bytes + _FORM_OVERHEAD,
-        responses={
-            413: {"description": "upload larger than the limit"},
-            415: {"description": "not a PNG, JPEG or DICOM file"},
-            422: {"description": "corrupt image, or more pixels than the limit"},
-        },
+        max_body_size=body_limits["/search/image"],
+        responses=_errors(400, *keyed, 413, 415, 503),
     )
     async def search_image(
         file: UploadFile = File(description="PNG, JPEG or DICOM image"),
@@ -254,7 +336,7 @@ def create_app(
         if len(data) > limits.max_upload_bytes:
             raise HTTPException(413, f"upload exceeds {limits.max_upload_bytes} bytes")
         if not data:
-            raise HTTPException(422, "the uploaded file is empty")
+            raise _invalid_upload("the uploaded file is empty")
         try:
             grey = await run_in_threadpool(
                 decode_upload, data, file.filename or "upload", limits.max_image_side
@@ -263,14 +345,14 @@ def create_app(
         except UnsupportedUploadError as err:
             raise HTTPException(415, str(err)) from None
         except BadUploadError as err:
-            raise HTTPException(422, str(err)) from None
+            raise _invalid_upload(str(err)) from None
         hits = await app.state.image_batcher.submit((pixels, k, target))
         return _result(target, k, hits, began)
 
-    @app.get("/records/{record_id:path}", dependencies=guarded)
-    def record(record_id: str) -> RecordOut:
+    @app.get("/records/{record_id:path}", dependencies=guarded, responses=_errors(*keyed, 404))
+    def record(record_id: RecordId) -> RecordOut:
         """One indexed record's metadata."""
-        meta = searcher.record(_checked_id(record_id))
+        meta = searcher.record(record_id)
         if meta is None:
             raise HTTPException(404, f"no record with id {record_id!r} in this index")
         url = f"/thumbnails/{record_id}" if meta["has_thumbnail"] else None
@@ -280,11 +362,11 @@ def create_app(
         "/thumbnails/{record_id:path}",
         dependencies=guarded,
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}}},
+        responses={200: {"content": {"image/jpeg": {}}}, **_errors(*keyed, 404)},
     )
-    def thumbnail(record_id: str) -> Response:
+    def thumbnail(record_id: RecordId) -> Response:
         """The record's JPEG thumbnail, made from its indexed image when the index was built."""
-        data = searcher.thumbnail(_checked_id(record_id))
+        data = searcher.thumbnail(record_id)
         if data is None:
             raise HTTPException(404, f"no thumbnail for id {record_id!r} in this index")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private"})
@@ -293,7 +375,7 @@ def create_app(
 
 
 def serve(
-    index_dir: Path,
+    index_dir: FilePath,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -314,12 +396,6 @@ def serve(
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
-
-
-def _checked_id(record_id: str) -> str:
-    if not record_id or len(record_id) > MAX_ID_CHARS or not record_id.isprintable():
-        raise HTTPException(422, f"a record id is 1 to {MAX_ID_CHARS} printable characters")
-    return record_id
 
 
 def _result(target: str, k: int, hits: list[Hit], began: float) -> SearchOut:
