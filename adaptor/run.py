@@ -23,7 +23,7 @@ from tqdm import tqdm
 from adaptor.config import RunConfig
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
-from adaptor.train.pretrain import PretrainConfig, PretrainResult, describe, pretrain
+from adaptor.pretrain import PretrainConfig, PretrainResult, describe, pretrain
 
 Log = Callable[[str], None]  # the default, tqdm.write, keeps messages off the progress bars
 
@@ -129,9 +129,9 @@ def stage_finetune(
 ) -> Path | None:
     """Downstream heads from nested label splits; returns ``results.md`` (None if no tasks)."""
     from adaptor.data.splits import load_or_make_splits
-    from adaptor.results import merge_results
+    from adaptor.downstream.classification import ClassificationConfig, finetune_classification
+    from adaptor.downstream.results import merge_results
     from adaptor.shards import ShardReader
-    from adaptor.train.finetune import ClassificationConfig, finetune_classification
 
     ft = cfg.finetune
     if not ft.tasks:
@@ -161,7 +161,7 @@ def stage_finetune(
             classification, splits, splits_path=splits_path, progress=progress, log=log
         )
     if "segmentation" in ft.tasks:
-        from adaptor.train.segmentation import SegmentationConfig, finetune_segmentation
+        from adaptor.downstream.segmentation import SegmentationConfig, finetune_segmentation
 
         log(f"[finetune] segmentation decoders -> {paths.downstream}")
         segmentation = SegmentationConfig(

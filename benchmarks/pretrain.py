@@ -32,8 +32,8 @@ from adaptor.data.synthetic import generate_synthetic  # noqa: E402
 from adaptor.embed import EmbedConfig, embed  # noqa: E402
 from adaptor.encoders import build_image_encoder, build_text_encoder  # noqa: E402
 from adaptor.model import Adaptor, AdaptorConfig, ClipLoss  # noqa: E402
+from adaptor.pretrain import PretrainConfig, pretrain  # noqa: E402
 from adaptor.shards import ShardReader  # noqa: E402
-from adaptor.train.pretrain import PretrainConfig, pretrain  # noqa: E402
 
 BATCH = 64
 

@@ -3,7 +3,7 @@
 Same records, same decoder, same batches, one run:
 
 (a) extraction: the frozen encoder's feature maps of every record into the float16
-    cache (:mod:`adaptor.shards.feature_maps`), images/s and bytes per record on disk;
+    cache (:mod:`adaptor.embed.feature_maps`), images/s and bytes per record on disk;
 (b) one training epoch of the decoder (with the Adaptor embedding input) on cached maps
     against the same epoch with the encoder run on every batch (the online baseline);
     memory held for the epoch's inputs in each case;
@@ -33,15 +33,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from adaptor.data.synthetic import generate_synthetic  # noqa: E402
-from adaptor.encoders import build_image_encoder  # noqa: E402
-from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss  # noqa: E402
-from adaptor.shards.feature_maps import (  # noqa: E402
+from adaptor.downstream.segmentation import SegmentationConfig  # noqa: E402
+from adaptor.embed.feature_maps import (  # noqa: E402
     SegmentationInputs,
     build_feature_cache,
     load_record,
     resized_preprocess,
 )
-from adaptor.train.segmentation import SegmentationConfig  # noqa: E402
+from adaptor.encoders import build_image_encoder  # noqa: E402
+from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss  # noqa: E402
 
 EMBEDDING_DIM = 512  # the default Adaptor width
 

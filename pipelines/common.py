@@ -63,7 +63,7 @@ class Job:
 
     def connect(self) -> None:
         """Join the job's Ray cluster (or start a local Ray); a bad address fails here."""
-        from adaptor.train.ray_env import start_ray
+        from adaptor.ray_env import start_ray
 
         start_ray(self.address)
 
@@ -139,7 +139,7 @@ def run_job(main: Callable[..., Any]) -> None:
 
 
 def _output_root(out: Path) -> Path:
-    from adaptor.embed_actors import check_writable
+    from adaptor.embed.actors import check_writable
 
     in_ray_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by Ray for a job's driver
     if in_ray_job and not out.is_absolute():

@@ -48,7 +48,7 @@ def embed_stage(
 ) -> EmbedResult:
     """Run (or resume) the config's embed stage with Ray actors; return its summary."""
     from adaptor.embed import EmbedConfig
-    from adaptor.embed_actors import embed_on_ray
+    from adaptor.embed.actors import embed_on_ray
     from adaptor.run import flow_paths, stage_source
 
     cfg, out = job.cfg, job.out

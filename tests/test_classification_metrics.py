@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptor.heads.classification import label_matrix, masked_bce_loss, positive_weights
-from adaptor.train.classification_metrics import classification_metrics, pooled_roc
+from adaptor.metrics.classification import classification_metrics, pooled_roc
 
 
 def test_binary_metrics_match_hand_computed_values() -> None:

@@ -18,6 +18,20 @@ def test_help_lists_every_stage() -> None:
         assert verb in result.output
 
 
+def test_finetune_sub_commands_each_list_their_own_options() -> None:
+    listing = runner.invoke(app, ["finetune", "--help"])
+    assert listing.exit_code == 0
+    own = {"heads": "--features", "segment": "--feature-maps", "tune": "--encoder-lr"}
+    for command, option in own.items():
+        assert command in listing.output
+        result = runner.invoke(app, ["finetune", command, "--help"])
+        assert result.exit_code == 0, result.output
+        for shared in ("--shards", "--out", "--fractions", "--seeds", "--splits", "--workers"):
+            assert shared in result.output, (command, shared)
+        assert option in result.output
+        assert not [o for o in own.values() if o != option and o in result.output], command
+
+
 def test_bad_source_is_one_clear_line(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["embed", "--source", f"csv:{tmp_path / 'nope.csv'}", "--out", str(tmp_path / "o")]

@@ -28,11 +28,11 @@ from safetensors.torch import load_file
 
 from adaptor.data.sources import SourceError
 from adaptor.embed import EmbedConfig, EmbedError, embed
-from adaptor.embed_actors import embed_on_ray, split_shards
+from adaptor.embed.actors import embed_on_ray, split_shards
 from adaptor.encoders import UnknownEncoderError
+from adaptor.ray_env import QUIET_ENV
 from adaptor.shards.manifest import Manifest
 from adaptor.shards.writer import finished_shards
-from adaptor.train.ray_env import QUIET_ENV
 
 pytestmark = pytest.mark.slow
 

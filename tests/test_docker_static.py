@@ -105,7 +105,7 @@ def test_base_python_matches_the_lock_and_pyproject() -> None:
     locked_python = re.search(r"--python-version (\S+)", " ".join(header)).group(1)
     assert "--generate-hashes" in " ".join(header)
     steps = _instructions(DOCKER / "Dockerfile")
-    base = next(a.split("=", 1)[1] for kind, a in steps if kind == "ARG" and "PYTHON_IMAGE" in a)
+    base = next(a.split("=", 1)[1] for kind, a in steps if kind == "ARG" and "BASE_IMAGE" in a)
     python = Version(re.match(r"python:(\d+\.\d+\.\d+)", base).group(1))
     assert f"{python.major}.{python.minor}" == locked_python
     assert python in SpecifierSet(PYPROJECT["project"]["requires-python"])

@@ -30,7 +30,7 @@ from adaptor.cli import app
 from adaptor.data.records import RecordError
 from adaptor.data.sources.chexpert import COLUMNS
 from adaptor.embed import EmbedError
-from adaptor.embed_actors import _get
+from adaptor.embed.actors import _get
 from adaptor.errors import AdaptorError
 from adaptor.shards import Manifest
 

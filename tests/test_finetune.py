@@ -1,4 +1,4 @@
-"""Classification heads on cached embeddings, trained as a Ray Train grid, end to end."""
+"""Classification heads on cached embeddings, trained as a grid of Ray tasks, end to end."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 from adaptor.cli import app
 from adaptor.data.splits import make_label_splits
+from adaptor.downstream.classification import ClassificationConfig, finetune_classification
+from adaptor.downstream.results import load_results
 from adaptor.model import Adaptor, AdaptorConfig, AdaptorMismatchError
-from adaptor.results import load_results
+from adaptor.ray_env import start_ray
 from adaptor.shards import Manifest, ShardEntry, ShardReader
 from adaptor.shards.writer import encode_sample, finished_shards, sample_key, write_shard
-from adaptor.train.finetune import ClassificationConfig, finetune_classification
-from adaptor.train.ray_env import start_ray
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_adaptor_for_other_encoders_is_refused(toy: dict[str, Path], tmp_path: P
 def test_cli_writes_tables_and_plots(toy: dict[str, Path], tmp_path: Path) -> None:
     res = tmp_path / "res"
     args = [
-        "finetune", "--shards", str(toy["shards"]), "--adaptor", str(toy["adaptor"]),
+        "finetune", "heads", "--shards", str(toy["shards"]), "--adaptor", str(toy["adaptor"]),
         "--out", str(res), "--fractions", "0.05,1", "--seeds", "0,1", "--heads", "linear",
         "--max-epochs", "30", "--no-progress",
     ]  # fmt: skip

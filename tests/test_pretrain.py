@@ -18,8 +18,8 @@ import torch
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, embed
 from adaptor.model import Adaptor
-from adaptor.train.pretrain import PretrainConfig, PretrainError, pretrain
-from adaptor.train.ray_env import RayConnectError, start_ray
+from adaptor.pretrain import Fault, PretrainConfig, PretrainError, pretrain
+from adaptor.ray_env import RayConnectError, start_ray
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,18 @@ def _cfg(shards: Path, out: Path, **kw: object) -> PretrainConfig:
     defaults = dict(epochs=2, batch_size=16, width=64, heads=4, ffn_hidden=128, max_failures=0)
     defaults.update(kw)
     return PretrainConfig(shards=str(shards), out=str(out), **defaults)  # type: ignore[arg-type]
+
+
+def _fail_once_at(step: int, marker: Path) -> Fault:
+    """A fault that crashes the worker when it reaches global ``step``, once (``marker``
+    remembers it across the restarted workers). A closure, so Ray pickles it by value."""
+
+    def fault(global_step: int) -> None:
+        if global_step == step and not marker.exists():
+            marker.write_text("injected failure")
+            raise RuntimeError(f"injected failure at step {global_step}")
+
+    return fault
 
 
 def test_outputs_then_longer_rerun_continues(shards: Path, tmp_path: Path) -> None:
@@ -87,7 +99,11 @@ def test_crash_then_rerun_resumes_from_the_checkpointed_step(shards: Path, tmp_p
     )
     steps = probe["global_step"]
     with pytest.raises(PretrainError, match="injected failure"):
-        pretrain(_cfg(shards, run, epochs=3, fail_at_step=steps + 1), progress=False)
+        pretrain(
+            _cfg(shards, run, epochs=3),
+            progress=False,
+            fault=_fail_once_at(steps + 1, tmp_path / "failed-once"),
+        )
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 was checkpointed
     result = pretrain(_cfg(shards, run, epochs=3), progress=False)
     assert result.metrics["resumed_at_steps"] == [steps]
@@ -96,8 +112,8 @@ def test_crash_then_rerun_resumes_from_the_checkpointed_step(shards: Path, tmp_p
 
 def test_worker_failure_is_retried_in_the_same_run(shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = _cfg(shards, run, epochs=2, fail_at_step=3, max_failures=1, checkpoint_every_steps=2)
-    result = pretrain(cfg, progress=False)
+    cfg = _cfg(shards, run, epochs=2, max_failures=1, checkpoint_every_steps=2)
+    result = pretrain(cfg, progress=False, fault=_fail_once_at(3, tmp_path / "failed-once"))
     # the crash at step 3 is retried from the mid-epoch checkpoint at step 2, not from zero
     assert result.metrics["epochs"] == 2 and result.metrics["resumed_at_steps"] == [2]
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import adaptor.train.pretrain as pretrain_module
+import adaptor.pretrain.driver as pretrain_module
 from adaptor.cli import app
 from adaptor.model import Adaptor
+from adaptor.pretrain import LAST_EPOCH, SELECTION_METRIC, describe
+from adaptor.pretrain.loop import newest_checkpoint
 from adaptor.shards import ShardReader
-from adaptor.train.pretrain import LAST_EPOCH, SELECTION_METRIC, describe
 
 
 def _invoke(*args: str) -> str:
@@ -106,9 +107,7 @@ def test_without_a_possible_val_split_the_last_epoch_is_kept_and_no_val_numbers_
     assert metrics["best"] == {} and metrics["untrained"] == {}
     for numbers in [metrics["final"], *_history(run)]:
         assert not [k for k in numbers if k.startswith(("val_", "chance_"))]
-    checkpoint = pretrain_module._newest_checkpoint_on_disk(
-        run / "ray" / "pretrain", torch.device("cpu")
-    )
+    checkpoint = newest_checkpoint(run / "ray" / "pretrain", torch.device("cpu"))
     kept = Adaptor.from_pretrained(run / "adaptor").state_dict()
     assert all(torch.equal(kept[k], v) for k, v in checkpoint["model"].items())
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptor.results import CellResult, load_results, merge_results, summarise
+from adaptor.downstream.results import CellResult, load_results, merge_results, summarise
 
 
 def _cell(method: str, fraction: float, seed: int, auroc: float | None) -> CellResult:

@@ -13,14 +13,18 @@ from PIL import Image
 
 from adaptor.data.masks import rle_encode
 from adaptor.data.splits import LabelSplits, make_label_splits
+from adaptor.downstream.results import merge_results
+from adaptor.downstream.segmentation import (
+    OVERLAYS_NAME,
+    TASK,
+    SegmentationConfig,
+    SegmentationError,
+    finetune_segmentation,
+    plan_segmentation,
+    train_segmentation_cell,
+)
 from adaptor.embed import EmbedConfig, embed
-from adaptor.encoders import ImagePreprocess, build_image_encoder
-from adaptor.errors import AdaptorError
-from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
-from adaptor.model import Adaptor, AdaptorConfig, AdaptorMismatchError
-from adaptor.results import merge_results
-from adaptor.shards import ShardReader
-from adaptor.shards.feature_maps import (
+from adaptor.embed.feature_maps import (
     SegmentationInputs,
     build_feature_cache,
     load_record,
@@ -29,15 +33,12 @@ from adaptor.shards.feature_maps import (
     resolve_unannotated,
     transform_mask,
 )
-from adaptor.train.segmentation import (
-    OVERLAYS_NAME,
-    SegmentationConfig,
-    SegmentationError,
-    finetune_segmentation,
-    plan_segmentation,
-    train_segmentation_cell,
-)
-from adaptor.train.segmentation_metrics import SegmentationScores
+from adaptor.encoders import ImagePreprocess, build_image_encoder
+from adaptor.errors import AdaptorError
+from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
+from adaptor.metrics.segmentation import SegmentationScores
+from adaptor.model import Adaptor, AdaptorConfig, AdaptorMismatchError
+from adaptor.shards import ShardReader
 
 # A preprocessing with no crop and no normalisation: geometry is a plain resize.
 PLAIN = ImagePreprocess(size=(16, 16), mean=(0.0,) * 3, std=(1.0,) * 3, interpolation="bilinear")
@@ -305,7 +306,7 @@ def test_cached_and_online_feature_maps_train_the_same_decoder(
         cfg = _cfg(seg_setup, tmp_path / mode, feature_maps=mode, fractions=[1.0], seeds=[0])
         plan = plan_segmentation(cfg, seg_setup["splits"], progress=False, log=lambda _: None)
         cell = next(c for c in plan.cells if c.params["method"] == "decoder+adaptor")
-        results[mode] = train_segmentation_cell(cell, plan.shared)
+        results[mode] = train_segmentation_cell(cell, plan.shared, TASK.prepare(plan.shared))
     cached, online = results["cache"], results["online"]
     assert (
         cached["extra"]["feature_maps"] == "cache" and online["extra"]["feature_maps"] == "online"
@@ -319,7 +320,7 @@ def test_cached_and_online_feature_maps_train_the_same_decoder(
 
 @pytest.mark.slow
 def test_finetune_segmentation_end_to_end(seg_setup: dict, tmp_path: Path) -> None:
-    from adaptor.train.ray_env import start_ray
+    from adaptor.ray_env import start_ray
 
     start_ray(num_cpus=2)
     cfg = _cfg(seg_setup, tmp_path / "res", workers=2)
@@ -374,7 +375,7 @@ def test_finetune_cli_segmentation(seg_setup: dict, tmp_path: Path) -> None:
     splits = tmp_path / "splits.json"
     seg_setup["splits"].save(splits)
     res = tmp_path / "res"
-    args = ["finetune", "--task", "segmentation", "--shards", str(seg_setup["shards"])]
+    args = ["finetune", "segment", "--shards", str(seg_setup["shards"])]
     args += ["--adaptor", str(seg_setup["root"] / "adaptor"), "--out", str(res)]
     args += ["--splits", str(splits), "--fractions", "1", "--seeds", "0", "--steps", "3"]
     args += ["--image-size", "64", "--no-progress"]
@@ -384,5 +385,5 @@ def test_finetune_cli_segmentation(seg_setup: dict, tmp_path: Path) -> None:
         assert f"| {method} | 100 % |" in result.output
     assert (res / OVERLAYS_NAME).is_file() and (res / "segmentation_vs_fraction.png").is_file()
 
-    bad = CliRunner().invoke(app, [*args[:2], "detection", *args[3:]])
-    assert bad.exit_code == 2 and "choose classification or segmentation" in bad.output, bad.output
+    bad = CliRunner().invoke(app, ["finetune", "detection", *args[2:]])
+    assert bad.exit_code == 2 and "No such command 'detection'" in bad.output, bad.output

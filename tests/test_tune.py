@@ -1,4 +1,4 @@
-"""Classification with tuned encoders running online, end to end under Ray Train.
+"""Classification with tuned encoders running online, end to end as a grid of Ray tasks.
 
 Shards come from a small randomly initialised timm ViT (``test_vit``, image, tuned at
 64 px) and a tiny BERT saved as a local Hugging Face folder (text: the default MiniLM's
@@ -16,28 +16,32 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaptor.cli.tune import parse_tune_options, run_tuning
 from adaptor.data.image_io import load_image
 from adaptor.data.sources import open_source
 from adaptor.data.splits import LabelSplits, make_label_splits
-from adaptor.embed import EmbedConfig, embed
-from adaptor.encoders import build_image_encoder, build_text_encoder
-from adaptor.heads.classification import build_head, label_matrix
-from adaptor.peft import METHODS
-from adaptor.peft.deltas import load_deltas
-from adaptor.results import CellResult, merge_results
-from adaptor.shards import ShardReader
-from adaptor.shards.feature_maps import resized_preprocess
-from adaptor.train.classification_metrics import classification_metrics
-from adaptor.train.ray_env import start_ray
-from adaptor.train.tune import (
+from adaptor.downstream.results import (
+    CellResult,
+    merge_results,
+    tuning_markdown,
+    write_tuning_table,
+)
+from adaptor.downstream.tuning import (
     BASE_SEED,
     TuneConfig,
     TuneError,
     finetune_tuned,
-    tuning_markdown,
-    write_tuning_table,
+    parse_tune_options,
+    run_tuning,
 )
+from adaptor.embed import EmbedConfig, embed
+from adaptor.embed.feature_maps import resized_preprocess
+from adaptor.encoders import build_image_encoder, build_text_encoder
+from adaptor.heads.classification import build_head, label_matrix
+from adaptor.metrics.classification import classification_metrics
+from adaptor.peft import METHODS
+from adaptor.peft.deltas import load_deltas
+from adaptor.ray_env import start_ray
+from adaptor.shards import ShardReader
 
 IMAGE_ENCODER = "timm:test_vit@random"
 IMAGE_SIZE = 64
@@ -106,12 +110,9 @@ def test_every_method_trains_both_towers_and_saves_reloadable_deltas(
 ) -> None:
     splits = _splits(shards)
     cfg = _cfg(shards, tmp_path / "res")
-    # what `adaptor finetune --tune … --encoder both --tune-options rank=4` runs
-    cells = run_tuning(
-        shards=shards, out=tmp_path / "res", splits=splits, methods=list(METHODS),
-        encoder="both", options="rank=4", heads=["linear"], fractions=[1.0], seeds=[0],
-        epochs=2, batch_size=8, image_size=IMAGE_SIZE, progress=False, log=lambda _: None,
-    )  # fmt: skip
+    # what `adaptor finetune tune --methods … --encoder both --options rank=4` runs
+    cli_cfg = replace(cfg, options=parse_tune_options("rank=4"))
+    cells = run_tuning(cli_cfg, splits, heads=["linear"], progress=False, log=lambda _: None)
     by_method = {c.method.split("(")[0].split("[")[0]: c for c in cells}
     assert set(by_method) == set(METHODS)
     assert by_method["lora"].method == "lora[rank=4](both)+linear"  # options off the default
@@ -262,16 +263,15 @@ def test_finetune_cli_with_tune(shards: Path, tmp_path: Path) -> None:
     from adaptor.cli import app
 
     res = tmp_path / "res"
-    args = ["finetune", "--shards", str(shards), "--out", str(res), "--fractions", "1"]
-    args += ["--seeds", "0", "--heads", "linear", "--no-progress"]
-    tuned = ["--tune", "lora", "--encoder", "text", "--tune-options", "rank=2"]
-    tuned += ["--tune-epochs", "1", "--tune-batch-size", "8"]
-    result = CliRunner().invoke(app, [*args, *tuned])
+    args = ["--shards", str(shards), "--out", str(res), "--fractions", "1", "--seeds", "0"]
+    args += ["--no-progress"]
+    tuned = ["--methods", "lora", "--encoder", "text", "--options", "rank=2", "--heads", "linear"]
+    tuned += ["--epochs", "1", "--batch-size", "8"]
+    result = CliRunner().invoke(app, ["finetune", "tune", *args, *tuned])
     assert result.exit_code == 0, result.output
     assert "| lora[rank=2](text)+linear | 100 % |" in result.output  # results.md
-    assert (res / "tuning.md").is_file()
+    assert "# Tuned encoders" in result.output and (res / "tuning.md").is_file()
 
-    refused = CliRunner().invoke(app, [*args, "--task", "segmentation", "--tune", "lora"])
-    assert refused.exit_code == 2 and "--tune applies to --task classification only" in (
-        refused.output
-    )
+    # each sub-command takes only its own options
+    refused = CliRunner().invoke(app, ["finetune", "segment", *args, "--encoder", "text"])
+    assert refused.exit_code == 2 and "No such option: --encoder" in refused.output

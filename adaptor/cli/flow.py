@@ -124,7 +124,7 @@ def embed(
     if address is None:
         result = run_embed(job)
     else:
-        from adaptor.embed_actors import embed_on_ray
+        from adaptor.embed.actors import embed_on_ray
 
         result = embed_on_ray(
             job, address=address, actors=actors, cpus_per_actor=cpus_per_actor, log=typer.echo
@@ -167,8 +167,8 @@ def pretrain(
     RUN/metrics.json and RUN/curves.png. A crash or kill, then the same command,
     resumes from the newest checkpoint.
     """
-    from adaptor.train.pretrain import PretrainConfig, describe
-    from adaptor.train.pretrain import pretrain as run_pretrain
+    from adaptor.pretrain import PretrainConfig, describe
+    from adaptor.pretrain import pretrain as run_pretrain
 
     result = run_pretrain(
         PretrainConfig(

@@ -48,7 +48,7 @@ class SegmentationDecoder(nn.Module):
     """Binary segmentation logits from feature maps (shallow → deep) and an optional embedding.
 
     ``feature_channels`` are the maps' channel counts, shallow → deep (as
-    :func:`adaptor.shards.feature_maps.probe_feature_shapes` reports them). Each map is
+    :func:`adaptor.embed.feature_maps.probe_feature_shapes` reports them). Each map is
     first projected to its stage's width by a 1×1 convolution (so a 1280-channel
     bottleneck or 768-channel ViT blocks cost no more than narrow CNN maps).
     """

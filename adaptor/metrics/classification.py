@@ -105,3 +105,29 @@ def _masked(values: Tensor, present: Tensor, names: Sequence[str]) -> dict[str, 
 def _mean(values) -> Metric:  # noqa: ANN001
     defined = [v for v in values if v is not None]
     return sum(defined) / len(defined) if defined else None
+
+
+def undefined_unseen(
+    per_class: dict[str, dict[str, Metric]],
+    scalars: dict[str, Metric],
+    unseen: Sequence[bool],
+    label_names: Sequence[str],
+    fraction: float,
+) -> list[str]:
+    """Mark classes without a training positive (``unseen``) undefined, in place, and
+    recompute the macro averages without them; return the warning that says so."""
+    dropped = [n for n, u in zip(label_names, unseen, strict=True) if u]
+    if not dropped:
+        return []
+    for metric, values in per_class.items():
+        for name in dropped:
+            if name in values:
+                values[name] = None
+        macro = "accuracy" if metric == "accuracy" else f"{metric}_macro"
+        if macro in scalars and values:
+            defined = [v for v in values.values() if v is not None]
+            scalars[macro] = sum(defined) / len(defined) if defined else None
+    return [
+        f"the {fraction:g} training subset has no positive for {', '.join(dropped)}: "
+        "their metrics are undefined and left out of the macro averages"
+    ]

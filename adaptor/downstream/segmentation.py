@@ -3,7 +3,7 @@
 Methods: ``decoder`` (a U-Net-style decoder over the encoder's multi-scale maps) and
 ``decoder+adaptor`` (the same decoder with the frozen Adaptor's image embedding of each
 record injected at the bottleneck). Every method × label fraction × seed is one cell of a
-:func:`~adaptor.train.grid.run_grid` run, so a rerun resumes finished cells.
+:func:`~adaptor.downstream.grid.run_grid` run, so a rerun resumes finished cells.
 
 Inputs. Each record's image goes through the image encoder's own preprocessing (resize,
 centre crop), at ``image_size`` when set; its mask (PNG, RLE or boxes, see
@@ -13,7 +13,7 @@ every positive carries one (synthetic, SIIM-ACR, RSNA boxes) and is left out of
 segmentation elsewhere (``unannotated="auto"``; ``negative``/``skip`` force either).
 
 Feature maps. ``feature_maps="cache"`` (the default) extracts the deepest ``levels`` maps
-once into a float16 cache beside the shards (:mod:`adaptor.shards.feature_maps`);
+once into a float16 cache beside the shards (:mod:`adaptor.embed.feature_maps`);
 ``"online"`` runs the encoder on every training batch instead. Caching wins by far on CPU
 (``benchmarks/segmentation.py``): the encoder's forward costs more than a decoder step,
 and the grid trains many decoders on the same images.
@@ -22,14 +22,13 @@ Training. Every cell takes the same number of optimisation steps (``steps``; a s
 fraction is cycled through many epochs, the full one through few), AdamW on BCE + soft
 Dice, validation Dice every ``eval_every`` steps, early stopping after ``patience``
 evaluations without improvement, and the best weights scored on the test split:
-aggregate Dice and IoU plus per-image values (:mod:`adaptor.train.segmentation_metrics`).
+aggregate Dice and IoU plus per-image values (:mod:`adaptor.metrics.segmentation`).
 A training subset without any foreground pixel cannot teach a decoder anything: its cell
 is not trained, its metrics are undefined (``None``) and a warning says why.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,24 +43,26 @@ from tqdm import tqdm
 from adaptor.atomic import atomic_open
 from adaptor.data.sources import open_source
 from adaptor.data.splits import LabelSplits, fraction_key
-from adaptor.encoders import build_image_encoder
-from adaptor.errors import AdaptorError
-from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
-from adaptor.model import load_adaptor_for
-from adaptor.results import CellResult
-from adaptor.shards import ShardReader
-from adaptor.shards.feature_maps import (
+from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
+from adaptor.downstream.plots import plot_overlay_grid
+from adaptor.downstream.results import CellResult
+from adaptor.embed.feature_maps import (
     FeatureMapCache,
     SegmentationInputs,
     build_feature_cache,
     cache_folder,
+    grey_view,
     load_record,
     probe_feature_shapes,
     resized_preprocess,
     resolve_unannotated,
 )
-from adaptor.train.grid import GridCell, run_grid, setup_key
-from adaptor.train.segmentation_metrics import SegmentationScores
+from adaptor.encoders import build_image_encoder
+from adaptor.errors import AdaptorError
+from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
+from adaptor.metrics.segmentation import SegmentationScores
+from adaptor.model import load_adaptor_for
+from adaptor.shards import ShardReader
 
 METHODS = ("decoder", "decoder+adaptor")
 FEATURE_MODES = ("cache", "online")
@@ -74,7 +75,7 @@ class SegmentationError(AdaptorError, ValueError):
 
 @dataclass
 class SegmentationConfig:
-    """What ``adaptor finetune --task segmentation`` trains.
+    """What ``adaptor finetune segment`` trains.
 
     ``image_size`` None keeps the encoder's own input size; the default 128 px makes the
     embedded default fit its time budget (≈3x fewer encoder FLOPs than 224 px for
@@ -127,14 +128,13 @@ def finetune_segmentation(
     plan = plan_segmentation(cfg, splits, progress=progress, log=log)
     results = run_grid(
         plan.cells,
-        train_segmentation_cell,
+        TASK,
         shared=plan.shared,
         run_dir=plan.run_dir,
         workers=cfg.workers,
         address=cfg.address,
         progress=progress,
         log=log,
-        desc="segmentation decoders",
     )
     out = [CellResult.from_dict(results[c.key]) for c in plan.cells]
     for cell in out:
@@ -230,15 +230,7 @@ def plan_segmentation(
     }
     run_dir = Path(cfg.out).resolve() / "runs" / f"segmentation-{_config_hash(shared)}"
     shared["run_dir"] = str(run_dir)
-    cells = [
-        GridCell(
-            key=f"{method}__{fraction:g}__seed{seed}",
-            params={"method": method, "fraction": fraction, "seed": seed},
-        )
-        for method in cfg.methods
-        for fraction in cfg.fractions
-        for seed in cfg.seeds
-    ]
+    cells = plan_cells({m: {"method": m} for m in cfg.methods}, cfg.fractions, cfg.seeds)
     return SegmentationPlan(cells=cells, shared=shared, run_dir=run_dir, skipped=skipped)
 
 
@@ -286,11 +278,10 @@ def _config_hash(shared: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- worker side
 
-_PREPARED: dict[str, _WorkerData] = {}
-
 
 class _WorkerData:
-    """What every cell of a worker shares: the features source, masks, Adaptor embeddings."""
+    """What every cell of a setup shares in a worker process (the grid's ``prepare``):
+    the feature-map source, masks, Adaptor embeddings."""
 
     def __init__(self, shared: dict[str, Any]):
         self.shared = shared
@@ -360,17 +351,10 @@ def _adaptor_embeddings(shards: str, adaptor_dir: str) -> dict[str, Tensor]:
     return dict(zip(table.ids, fused.clone(), strict=True))
 
 
-def _worker_data(shared: dict[str, Any]) -> _WorkerData:
-    key = json.dumps(shared, sort_keys=True)
-    if key not in _PREPARED:
-        _PREPARED.clear()
-        _PREPARED[key] = _WorkerData(shared)
-    return _PREPARED[key]
-
-
-def train_segmentation_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
+def train_segmentation_cell(
+    cell: GridCell, shared: dict[str, Any], data: _WorkerData
+) -> dict[str, Any]:
     """Train one decoder (one method × fraction × seed) and score it on the test split."""
-    data = _worker_data(shared)
     cfg = shared["config"]
     method, fraction, seed = cell.params["method"], cell.params["fraction"], cell.params["seed"]
     use_embedding = method == "decoder+adaptor"
@@ -419,6 +403,9 @@ def train_segmentation_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str,
     )
     _save_overlay_predictions(decoder, data, shared, cell.key, use_embedding)
     return result.to_dict()
+
+
+TASK = GridTask("segmentation decoders", _WorkerData, train_segmentation_cell)
 
 
 def _fit(
@@ -532,61 +519,32 @@ def _overlay_file(run_dir: Path, key: str) -> Path:
 def plot_overlays(
     run_dir: Path, shared: dict[str, Any], cells: Sequence[GridCell], path: Path
 ) -> Path | None:
-    """A grid of test images: image, true mask, then each cell's predicted mask (yellow overlay).
+    """The overlay grid of the test records ``shared["overlay_ids"]``: image, true mask, then
+    each cell's saved prediction (:func:`~adaptor.downstream.plots.plot_overlay_grid`).
 
     Columns are ``cells`` (one seed, every method × fraction) in order; a cell whose
     predictions are missing shows an empty panel. Returns ``path``, or None without images.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from adaptor.shards.feature_maps import grey_view
-
-    ids = shared["overlay_ids"]
-    if not ids:
+    if not shared["overlay_ids"]:
         return None
     inputs = SegmentationInputs.from_dict(shared["inputs"])
-    preprocess = inputs.preprocess
-    reader_meta = {r["id"]: r for r in ShardReader(shared["shards"]).load(members=()).meta}
+    meta = {r["id"]: r for r in ShardReader(shared["shards"]).load(members=()).meta}
     shown = []
-    for record_id in ids:
+    for record_id in shared["overlay_ids"]:
         try:
-            pixels, mask = load_record(reader_meta[record_id], inputs, log=lambda _: None)
+            pixels, mask = load_record(meta[record_id], inputs, log=lambda _: None)
         except AdaptorError:  # reported when the cells were trained
             continue
-        shown.append((record_id, grey_view(pixels, preprocess), mask))
+        shown.append((record_id, grey_view(pixels, inputs.preprocess), mask))
     if not shown:
         return None
-    preds: dict[str, dict[str, np.ndarray]] = {}
+    columns = []
     for cell in cells:
-        file = _overlay_file(run_dir, cell.key)
+        file, preds = _overlay_file(run_dir, cell.key), {}
         if file.is_file():
             with np.load(file) as saved:
-                preds[cell.key] = dict(zip(saved["ids"].tolist(), saved["pred"], strict=True))
-    titles = ["image", "truth"] + [
-        f"{c.params['method']}\n{c.params['fraction'] * 100:g} % labels" for c in cells
-    ]
-    fig, axes = plt.subplots(
-        len(shown), len(titles), figsize=(1.9 * len(titles), 1.9 * len(shown)), squeeze=False
-    )
-    for r, (record_id, image, mask) in enumerate(shown):
-        panels = [None, mask] + [preds.get(c.key, {}).get(record_id) for c in cells]
-        for c, (ax, overlay) in enumerate(zip(axes[r], panels, strict=True)):
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-            if overlay is not None:
-                ax.imshow(np.ma.masked_equal(overlay, 0), cmap="autumn", alpha=0.55, vmin=0, vmax=1)
-            elif c > 1:
-                ax.text(0.5, 0.5, "n/a", color="white", ha="center", transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=7)
-        axes[r][0].set_ylabel(record_id, fontsize=6)
-    fig.suptitle("segmentation on test images (yellow: mask)", fontsize=9)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+                preds = dict(zip(saved["ids"].tolist(), saved["pred"], strict=True))
+        title = f"{cell.params['method']}\n{cell.params['fraction'] * 100:g} % labels"
+        columns.append((title, preds))
+    plot_overlay_grid(shown, columns, path)
     return path

@@ -1,4 +1,4 @@
-"""PNG plots of training curves (matplotlib, no display needed)."""
+"""The pretraining curves: loss and val recall@k per epoch (matplotlib, no display needed)."""
 
 from __future__ import annotations
 

@@ -4,17 +4,17 @@
     the encoder), peak memory of the first training step (weights and buffers held + the
     peak of tensor memory allocated during the step: CUDA max-allocated on a GPU, a
     TorchDispatchMode allocation tracker on CPU — the same for every method, see
-    adaptor/train/step_memory.py), each method in a fresh subprocess; and training
+    adaptor/downstream/step_memory.py), each method in a fresh subprocess; and training
     samples/s (forward + backward + AdamW step), every method of an encoder in one
     subprocess, one timed step of each in turn per round (batch ÷ the median step).
     Encoders: a randomly initialised ViT-S/16 (timm), the default text encoder (MiniLM,
     a BERT) and the default image encoder (EfficientNet-Lite0, where a method applies).
     Baselines: `full` fine-tuning and `frozen`.
-(b) Downstream: `finetune_tuned` (what `adaptor finetune --tune` runs, under Ray Train)
+(b) Downstream: `finetune_tuned` (what `adaptor finetune tune` runs, one Ray task per cell)
     on a synthetic set, every method on the text encoder and every applicable method on
     the image encoder, from 1 / 10 / 100 % label splits; test macro AUROC.
 
-    python benchmarks/peft.py --n 400 --rounds 5
+    python benchmarks/encoder_tuning.py --n 400 --rounds 5
 
 Prints one JSON line at the end; `…_ratio` figures are ours ÷ baseline for throughput
 and baseline ÷ ours for memory (`…_memory_saving_ratio`), so higher is better.
@@ -34,8 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# this script's folder is first on sys.path and its name would shadow the `peft` package
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import torch  # noqa: E402
 
@@ -65,12 +63,12 @@ def build_step(case: dict, method: str, options: dict, checkpointing: bool) -> t
     Returns ``(step, modules, report)``, or ``(None, None, why)`` where the method does not
     apply to the encoder.
     """
+    from adaptor.downstream.tuning import ENCODER_LR
     from adaptor.encoders import build_image_encoder, build_text_encoder
     from adaptor.heads.classification import build_head, masked_bce_loss
     from adaptor.peft import TuningError, apply_tuning
     from adaptor.peft.checkpointing import enable_gradient_checkpointing
     from adaptor.peft.targets import unused_parameters
-    from adaptor.train.tune import ENCODER_LR
 
     device = _device()
     torch.manual_seed(0)
@@ -128,7 +126,7 @@ def build_step(case: dict, method: str, options: dict, checkpointing: bool) -> t
 def memory_case(case: dict) -> dict:
     """Trainable parameters and the peak memory of the first training step of one method
     (runs in a fresh process: a clean allocator, nothing shared with other methods)."""
-    from adaptor.train.step_memory import measure_step
+    from adaptor.downstream.step_memory import measure_step
 
     torch.set_num_threads(case["threads"])
     method, options, checkpointing = case["method"]
@@ -213,10 +211,10 @@ def downstream(
     """Test macro AUROC of every method at 1 / 10 / 100 % labels on a synthetic set."""
     from adaptor.data.splits import make_label_splits
     from adaptor.data.synthetic import generate_synthetic
+    from adaptor.downstream.tuning import TuneConfig, finetune_tuned
     from adaptor.embed import EmbedConfig, embed
     from adaptor.peft import METHODS
     from adaptor.shards import ShardReader
-    from adaptor.train.tune import TuneConfig, finetune_tuned
 
     raw, shards = tmp / "raw", tmp / "shards"
     generate_synthetic(raw, n=n, seed=0, size=256, progress=False)

@@ -4,7 +4,7 @@ Adaptor's image path, from nested label fractions, over several seeds.
 Methods are ``<features>+<head>``: features ``encoder`` (the frozen image encoder's
 global embedding, the baseline) or ``adaptor`` (that embedding through the trained
 Adaptor's image path), heads ``linear`` or ``mlp``. Every method × fraction × seed is one
-cell of a :func:`~adaptor.train.grid.run_grid` run, so a rerun resumes.
+cell of a :func:`~adaptor.downstream.grid.run_grid` run, so a rerun resumes.
 
 Features are standardised with the mean and std of all training-split images (no labels
 used). Heads train with AdamW on a class-weighted loss, early-stopped on the validation
@@ -13,7 +13,6 @@ macro AUROC, and are scored on the test split.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from adaptor.data.splits import LabelSplits
+from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
+from adaptor.downstream.results import CellResult
 from adaptor.errors import AdaptorError
 from adaptor.heads.classification import (
     build_head,
@@ -34,11 +35,9 @@ from adaptor.heads.classification import (
     multiclass_rows,
     positive_weights,
 )
+from adaptor.metrics.classification import classification_metrics, pooled_roc, undefined_unseen
 from adaptor.model import load_adaptor_for
-from adaptor.results import CellResult
 from adaptor.shards import ShardReader
-from adaptor.train.classification_metrics import classification_metrics, pooled_roc
-from adaptor.train.grid import GridCell, run_grid, setup_key
 
 FEATURES = ("encoder", "adaptor")
 
@@ -49,7 +48,7 @@ class FinetuneError(AdaptorError, ValueError):
 
 @dataclass
 class ClassificationConfig:
-    """What ``adaptor finetune --task classification`` trains."""
+    """What ``adaptor finetune heads`` trains."""
 
     shards: str
     out: str
@@ -111,26 +110,17 @@ def finetune_classification(
         "label_names": label_names,
         "config": asdict(cfg),
     }
-    cells = [
-        GridCell(
-            key=f"{method}__{fraction:g}__seed{seed}",
-            params={"method": method, "fraction": fraction, "seed": seed},
-        )
-        for method in cfg.methods()
-        for fraction in cfg.fractions
-        for seed in cfg.seeds
-    ]
+    cells = plan_cells({m: {"method": m} for m in cfg.methods()}, cfg.fractions, cfg.seeds)
     run_dir = Path(cfg.out) / "runs" / f"classification-{_config_hash(shared)}"
     results = run_grid(
         cells,
-        train_classification_cell,
+        TASK,
         shared=shared,
         run_dir=run_dir,
         workers=cfg.workers,
         address=cfg.address,
         progress=progress,
         log=log,
-        desc="classification heads",
     )
     return [CellResult.from_dict(results[c.key]) for c in cells]
 
@@ -143,14 +133,9 @@ def _config_hash(shared: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- worker side
 
-_PREPARED: dict[str, dict[str, Any]] = {}
 
-
-def _prepared(shared: dict[str, Any]) -> dict[str, Any]:
-    """Features, targets and index of every record, loaded once per worker process."""
-    key = json.dumps(shared, sort_keys=True)
-    if key in _PREPARED:
-        return _PREPARED[key]
+def prepare_classification(shared: dict[str, Any]) -> dict[str, Any]:
+    """Features, targets and index of every record (once per worker process)."""
     table = ShardReader(shared["shards"]).load()
     image = torch.from_numpy(np.asarray(table.arrays["image"], dtype=np.float32))
     features = {"encoder": image}
@@ -166,24 +151,24 @@ def _prepared(shared: dict[str, Any]) -> dict[str, Any]:
         features[name] = (x - mean) / std
     cfg = shared["config"]
     targets, valid = label_matrix(table.meta, shared["label_names"], cfg["uncertain"])
-    prepared = {
+    return {
         "features": features,
         "targets": targets,
         "valid": valid,
         "row": {record_id: i for i, record_id in enumerate(table.ids)},
         "splits": LabelSplits.load(Path(shared["splits"])),
     }
-    _PREPARED[key] = prepared
-    return prepared
 
 
-def _rows(data: dict[str, Any], ids: Sequence[str]) -> torch.Tensor:
+def record_rows(data: dict[str, Any], ids: Sequence[str]) -> torch.Tensor:
+    """The rows (in ``data["row"]``) of the records ``ids`` that the shards hold."""
     return torch.tensor([data["row"][i] for i in ids if i in data["row"]], dtype=torch.long)
 
 
-def train_classification_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
+def train_classification_cell(
+    cell: GridCell, shared: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
     """Train one head (one method × fraction × seed) and score it on the test split."""
-    data = _prepared(shared)
     cfg = shared["config"]
     names = shared["label_names"]
     method, fraction, seed = cell.params["method"], cell.params["fraction"], cell.params["seed"]
@@ -191,11 +176,11 @@ def train_classification_cell(cell: GridCell, shared: dict[str, Any]) -> dict[st
     splits: LabelSplits = data["splits"]
     x = data["features"][feature_kind]
     train, val, test = (
-        _rows(data, ids) for ids in (splits.train_ids(fraction), splits.val, splits.test)
+        record_rows(data, ids) for ids in (splits.train_ids(fraction), splits.val, splits.test)
     )
     torch.manual_seed(seed)
     head = build_head(head_kind, x.shape[1], len(names))
-    objective = _Objective(cfg["kind"], data["targets"][train], data["valid"][train], len(names))
+    objective = Objective(cfg["kind"], data["targets"][train], data["valid"][train], len(names))
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
     best = {"score": -np.inf, "epoch": -1, "state": None}
@@ -221,7 +206,7 @@ def train_classification_cell(cell: GridCell, shared: dict[str, Any]) -> dict[st
     probs = _predict(head, x[test], cfg["kind"])
     targets, valid = data["targets"][test], data["valid"][test]
     scalars, per_class = classification_metrics(probs, targets, valid, names, cfg["kind"])
-    warnings = _undefined_unseen(per_class, scalars, objective.unseen, names, fraction)
+    warnings = undefined_unseen(per_class, scalars, objective.unseen, names, fraction)
     fpr, tpr = pooled_roc(probs, targets, valid) if cfg["kind"] == "multilabel" else ([], [])
     return CellResult(
         task="classification",
@@ -241,7 +226,10 @@ def train_classification_cell(cell: GridCell, shared: dict[str, Any]) -> dict[st
     ).to_dict()
 
 
-class _Objective:
+TASK = GridTask("classification heads", prepare_classification, train_classification_cell)
+
+
+class Objective:
     """The class-weighted loss of one training subset (multi-label BCE or multi-class CE)."""
 
     def __init__(self, kind: str, targets: torch.Tensor, valid: torch.Tensor, n_classes: int):
@@ -286,22 +274,3 @@ def _val_score(head, x, val, data, objective, names, kind) -> float:  # noqa: AN
         return scalars["auroc_macro"]
     with torch.no_grad():
         return -float(objective.loss(head(x[val]), data["targets"][val], data["valid"][val]))
-
-
-def _undefined_unseen(per_class, scalars, unseen, names, fraction) -> list[str]:  # noqa: ANN001
-    """Mark classes with no training positive as undefined; recompute the macro averages."""
-    dropped = [n for n, u in zip(names, unseen, strict=True) if u]
-    if not dropped:
-        return []
-    for metric, values in per_class.items():
-        for name in dropped:
-            if name in values:
-                values[name] = None
-        macro = "accuracy" if metric == "accuracy" else f"{metric}_macro"
-        if macro in scalars and values:
-            defined = [v for v in values.values() if v is not None]
-            scalars[macro] = sum(defined) / len(defined) if defined else None
-    return [
-        f"the {fraction:g} training subset has no positive for {', '.join(dropped)}: "
-        "their metrics are undefined and left out of the macro averages"
-    ]

@@ -1,5 +1,6 @@
 """Downstream results: one record per trained model, merged into ``RES/results.json``,
-summarised as Markdown tables (mean ± std over seeds) and a metric-against-fraction plot.
+summarised as Markdown tables (``results.md``: mean ± std over seeds; ``tuning.md``: the
+tuned encoders' costs) beside the plots of :mod:`adaptor.downstream.plots`.
 
 Every task (classification, segmentation) and every method (heads on frozen features,
 heads on the Adaptor, tuned encoders) writes :class:`CellResult` s into the same results
@@ -20,14 +21,13 @@ from typing import Any
 import numpy as np
 
 from adaptor.atomic import atomic_open, atomic_write_json
+from adaptor.downstream.plots import Curve, plot_metric_vs_fraction, plot_roc_curves
 
 # Columns per task, in table order; metrics a task reports beyond these are appended.
 PRIMARY_METRICS = {
     "classification": ["auroc_macro", "auprc_macro", "accuracy", "f1_macro"],
     "segmentation": ["dice", "iou"],
 }
-# The metric plotted against the label fraction.
-HEADLINE_METRIC = {"classification": "auroc_macro", "segmentation": "dice"}
 
 
 @dataclass
@@ -89,10 +89,29 @@ def merge_results(res_dir: Path, cells: Iterable[CellResult], notes: Sequence[st
     with atomic_open(md_path, "w", encoding="utf-8") as fh:
         fh.write(results_markdown(all_cells, all_notes))
     for task in {c.task for c in all_cells}:
-        plot_metric_vs_fraction(all_cells, task, res_dir / f"{task}_vs_fraction.png")
-    if any(c.extra.get("roc", {}).get("fpr") for c in all_cells):
-        plot_roc_curves(all_cells, res_dir / "classification_roc.png")
+        plot_metric_vs_fraction(summary, task, res_dir / f"{task}_vs_fraction.png")
+    curves = roc_curves(all_cells)
+    if curves:
+        plot_roc_curves(curves, res_dir / "classification_roc.png")
     return md_path
+
+
+def roc_curves(cells: Sequence[CellResult]) -> dict[float, list[Curve]]:
+    """Per label fraction, each classification method's pooled test ROC of its lowest seed,
+    as ``(legend, fpr, tpr)``; empty when no cell holds one."""
+    with_roc = [
+        c for c in cells if c.task == "classification" and c.extra.get("roc", {}).get("fpr")
+    ]
+    curves: dict[float, list[Curve]] = {}
+    for fraction in sorted({c.fraction for c in with_roc}):
+        here = [c for c in with_roc if c.fraction == fraction]
+        curves[fraction] = []
+        for method in sorted({c.method for c in here}):
+            first = min((c for c in here if c.method == method), key=lambda c: c.seed)
+            auroc = first.metrics.get("auroc_macro")
+            legend = f"{method} (macro AUROC {auroc:.3f})" if auroc is not None else method
+            curves[fraction].append((legend, first.extra["roc"]["fpr"], first.extra["roc"]["tpr"]))
+    return curves
 
 
 def summarise(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
@@ -178,78 +197,62 @@ def _format(stat: dict[str, Any] | None) -> str:
     return text
 
 
-def plot_metric_vs_fraction(cells: Sequence[CellResult], task: str, path: Path) -> None:
-    """Headline metric against label fraction (log x), one line per method, std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = HEADLINE_METRIC.get(task)
-    rows = [r for r in summarise(cells) if r["task"] == task and metric in r["metrics"]]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({r["method"] for r in rows}):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["fraction"])
-        points = [(r["fraction"] * 100, r["metrics"][metric]) for r in mine]
-        points = [(x, s) for x, s in points if s["mean"] is not None]
-        if not points:
-            continue
-        xs, stats = zip(*points, strict=True)
-        ax.errorbar(
-            xs,
-            [s["mean"] for s in stats],
-            yerr=[s["std"] for s in stats],
-            marker="o",
-            capsize=3,
-            label=method,
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("training labels used (%)")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{task}: {metric} against label fraction")
-    ax.grid(True, alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
-
-
-def plot_roc_curves(cells: Sequence[CellResult], path: Path) -> None:
-    """One panel per label fraction: the pooled (micro-averaged) test ROC of each method's first seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_roc = [
-        c for c in cells if c.task == "classification" and c.extra.get("roc", {}).get("fpr")
+def tuning_markdown(cells: Sequence[CellResult]) -> str:
+    """Tuned-encoder methods side by side: trainable parameters (count, % of the encoder),
+    peak memory of a training step, training samples/s (medians over a method's cells) and
+    test macro AUROC per label fraction (mean ± std over seeds)."""
+    tuned = [c for c in cells if c.task == "classification" and "tuning" in c.extra]
+    fractions = sorted({float(c.fraction) for c in tuned})
+    groups: dict[str, list[CellResult]] = defaultdict(list)
+    for c in tuned:
+        groups[c.method].append(c)
+    header = [
+        "method", "encoder trainable", "% of encoder", "peak step MiB", "train samples/s",
+        *(f"AUROC {f * 100:g} %" for f in fractions), "device",
+    ]  # fmt: skip
+    lines = [
+        "# Tuned encoders",
+        "",
+        "Cost of one training step and test macro AUROC per label fraction (mean ± std over "
+        "seeds). Peak memory: weights and buffers held plus the peak of tensor memory "
+        "allocated during the first training step (CUDA max allocated on a GPU, an operator-"
+        "level allocation tracker on CPU).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(header)) + "|",
     ]
-    fractions = sorted({c.fraction for c in with_roc})
-    if not fractions:
-        return
-    fig, axes = plt.subplots(1, len(fractions), figsize=(4.2 * len(fractions), 4), squeeze=False)
-    for ax, fraction in zip(axes[0], fractions, strict=True):
-        here = [c for c in with_roc if c.fraction == fraction]
-        for method in sorted({c.method for c in here}):
-            first = min((c for c in here if c.method == method), key=lambda c: c.seed)
-            auroc = first.metrics.get("auroc_macro")
-            label = f"{method} (macro AUROC {auroc:.3f})" if auroc is not None else method
-            ax.plot(first.extra["roc"]["fpr"], first.extra["roc"]["tpr"], label=label)
-        ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-        ax.set(
-            xlabel="false positive rate",
-            ylabel="true positive rate",
-            title=f"{fraction * 100:g} % of labels",
-            xlim=(0, 1),
-            ylim=(0, 1),
-        )
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("test ROC, all labels pooled (seed with the lowest number)")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    for method, group in sorted(groups.items()):
+        first = group[0].extra
+        auroc = []
+        for f in fractions:
+            stat = mean_std([c.metrics.get("auroc_macro") for c in group if c.fraction == f])
+            auroc.append(
+                "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+            )
+        row = [
+            method,
+            f"{first['encoder_trainable_parameters']:,}",
+            f"{first['trainable_percent']:.3f}",
+            _median_text([c.extra.get("peak_memory_mb") for c in group], ".0f"),
+            _median_text([c.extra.get("samples_per_s") for c in group], ".1f"),
+            *auroc,
+            first.get("device", "?"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tuning_table(out: str | Path) -> Path | None:
+    """Write ``OUT/tuning.md`` from the tuned cells in ``OUT/results.json``; None if none."""
+    cells = load_results(Path(out))
+    if not any("tuning" in c.extra for c in cells):
+        return None
+    path = Path(out) / "tuning.md"
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(tuning_markdown(cells))
+    return path
+
+
+def _median_text(values: list[float | None], spec: str) -> str:
+    defined = [v for v in values if v is not None]
+    return format(float(np.median(defined)), spec) if defined else "n/a"

@@ -26,19 +26,13 @@ from tqdm import tqdm
 
 from adaptor.atomic import atomic_write_json, remove_stale_partials
 from adaptor.data.sources import open_source
-from adaptor.embed import (
-    EmbedConfig,
-    EmbedError,
-    EmbedResult,
-    embed,
-    finish_manifest,
-    require_samples,
-    shard_count,
-)
+from adaptor.embed.folder import finish_manifest, require_samples, shard_count
+from adaptor.embed.job import EmbedConfig, EmbedError, EmbedResult
+from adaptor.embed.stage import embed
 from adaptor.errors import AdaptorError
+from adaptor.ray_env import RayConnectError, start_ray
 from adaptor.shards.manifest import Manifest
 from adaptor.shards.writer import finished_shards
-from adaptor.train.ray_env import RayConnectError, start_ray
 
 
 def embed_on_ray(

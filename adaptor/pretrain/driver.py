@@ -1,9 +1,9 @@
-"""Contrastive pretraining of the Adaptor on cached embeddings, under Ray Train.
+"""The pretraining driver: checks, one Ray Train ``TorchTrainer``, the run's outputs.
 
-The driver (:func:`pretrain`) checks the shards and the cluster, then runs a
-``TorchTrainer``. Each worker holds its disjoint share of the training shards
-in memory (kilobytes per sample), so data loading never limits a step. The
-loss all-gathers embeddings with gradients, so W workers at batch B train like
+:func:`pretrain` checks the shards and the cluster, then runs the workers'
+:func:`~adaptor.pretrain.loop.train_loop`. Each worker holds its disjoint share of the
+training shards in memory (kilobytes per sample), so data loading never limits a step.
+The loss all-gathers embeddings with gradients, so W workers at batch B train like
 one worker at batch W·B. A rerun of the same command resumes from the newest
 checkpoint under ``RUN/ray/``; a rerun of a finished run returns its outputs at once,
 without starting Ray. Shards without ``val`` records get a val split carved from
@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,18 +27,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adaptor.atomic import atomic_open, atomic_write_json
+from adaptor.atomic import atomic_write_json
 from adaptor.data.splits import VAL_CARVE_FRACTION, ValCarve, carve_val
 from adaptor.errors import AdaptorError
 from adaptor.model.adaptor import CONFIG_NAME, WEIGHTS_NAME
+from adaptor.pretrain.loop import (
+    SELECTION_METRIC,
+    STATE_FILE,
+    Fault,
+    newest_checkpoint,
+    train_loop,
+)
+from adaptor.ray_env import cpus_per_worker, start_ray
 from adaptor.shards import ShardReader
 from adaptor.shards.manifest import Manifest
-from adaptor.shards.reader import EmbeddingTable
-from adaptor.train.ray_env import cpus_per_worker, start_ray
-from adaptor.train.retrieval_metrics import chance_recall, paired_recall
 
-STATE_FILE = "state.pt"
-SELECTION_METRIC = "val_recall_mean"
 LAST_EPOCH = "last epoch (no val records)"  # metrics.json "selected_by" when nothing chooses
 VAL_MIN_PAIRS = 2  # a carved val split holds at least this many pairs: one pair ranks nothing
 # options that do not change what a run trains, so they may differ on a rerun of a finished run
@@ -50,7 +51,6 @@ _NOT_OPTIONS = (
     "address",
     "use_gpu",
     "max_failures",
-    "fail_at_step",
     "checkpoint_every_steps",
 )
 
@@ -86,7 +86,6 @@ class PretrainConfig:
     objective: str = "unpaired"  # or "paired": see README, "Why the loss is on unpaired encodings"
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     max_failures: int = 2
-    fail_at_step: int | None = field(default=None, repr=False)  # test hook: crash once at this step
 
 
 @dataclass
@@ -99,12 +98,17 @@ class PretrainResult:
 
 
 def pretrain(
-    cfg: PretrainConfig, *, progress: bool = True, log: Callable[[str], None] = tqdm.write
+    cfg: PretrainConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+    fault: Fault | None = None,
 ) -> PretrainResult:
     """Train (or resume) the Adaptor on ``cfg.shards``; write weights, metrics and a plot to ``cfg.out``.
 
     A run that already finished with the same options and shards is returned as it is,
-    without starting Ray or touching its files.
+    without starting Ray or touching its files. ``fault`` is injected into every worker's
+    loop (see :data:`~adaptor.pretrain.loop.Fault`).
     """
     run_dir = Path(cfg.out).resolve()
     shards = Path(cfg.shards).resolve()
@@ -116,7 +120,7 @@ def pretrain(
             f"{cfg.workers} workers need at least as many shards; {shards} has {len(reader.paths)}"
         )
     options = _options(cfg, reader.manifest)
-    saved = _newest_checkpoint_on_disk(run_dir / "ray" / "pretrain", torch.device("cpu"), mmap=True)
+    saved = newest_checkpoint(run_dir / "ray" / "pretrain", torch.device("cpu"), mmap=True)
     done = _finished_outputs(run_dir, saved, options)
     if done is not None:
         log(
@@ -156,9 +160,10 @@ def pretrain(
         "threads": threads,
         "encoders": reader.manifest.encoders,
         "val_carve": asdict(carve) if carve else None,
+        "fault": fault,
     }
     trainer = TorchTrainer(
-        _train_loop,
+        train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}
@@ -291,286 +296,6 @@ def _root_cause(err: Exception) -> str:
     return str(err)
 
 
-# ---------------------------------------------------------------- worker side
-
-
-def _train_loop(config: dict[str, Any]) -> None:
-    """The per-worker training function run by Ray Train."""
-    import ray.train
-    import ray.train.torch
-    import torch.distributed as dist
-
-    from adaptor.model import Adaptor, AdaptorConfig, ClipLoss
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config["threads"])
-    torch.manual_seed(config["seed"])
-    device = ray.train.torch.get_device()
-
-    reader = ShardReader(config["shards"])
-    carve = ValCarve(**config["val_carve"]) if config["val_carve"] else None
-    train = _finite(_load(reader, lambda meta: _role(meta, carve) == "train", rank, world))
-    val = _finite(_load(reader, lambda meta: _role(meta, carve) == "val"))
-    image, text = train.arrays["image"].to(device), train.arrays["text"].to(device)
-    batch = config["batch_size"]
-    steps_per_epoch = len(image) // batch
-    if dist.is_available() and dist.is_initialized() and world > 1:
-        count = torch.tensor([steps_per_epoch], device=device)
-        dist.all_reduce(
-            count, op=dist.ReduceOp.MIN
-        )  # every rank must take the same number of steps
-        steps_per_epoch = int(count.item())
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"rank {rank} holds {len(image)} training samples, fewer than one batch of {batch}"
-        )
-
-    model_config = AdaptorConfig(
-        image_dim=image.shape[1],
-        text_dim=text.shape[1],
-        width=config["width"],
-        layers=config["layers"],
-        heads=config["heads"],
-        ffn_hidden=config["ffn_hidden"],
-        dropout=config["dropout"],
-        norm=config["norm"],
-        encoders={
-            k: {f: v.get(f) for f in ("name", "fingerprint", "dim")}
-            for k, v in config["encoders"].items()
-        },
-    )
-    model = Adaptor(model_config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
-    )
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config["epochs"])
-    loss_fn = ClipLoss(image_weight=config["image_weight"])
-
-    state = {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "global_step": 0,
-        "history": [],
-        "best": None,
-        "untrained": None,
-    }
-    checkpoint = ray.train.get_checkpoint()
-    saved = None
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
-    else:
-        # after kill -9 Ray may not have recorded its newest checkpoints; they are on disk whole
-        saved = _newest_checkpoint_on_disk(Path(config["out"]) / "ray" / "pretrain", device)
-    if saved is not None:
-        if saved["model_config"] != model.config.to_dict():
-            raise ValueError(
-                f"{config['out']} holds a run of another Adaptor configuration "
-                f"({_config_diff(saved['model_config'], model.config.to_dict())}); "
-                "rerun with the same options or choose another --out"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        if state["epoch"] < config["epochs"]:  # a resume only where steps remain
-            state["resumed_at_steps"] = [*state.get("resumed_at_steps", []), state["global_step"]]
-    elif rank == 0:
-        state["untrained"] = _evaluate(model, val, config["image_weight"], device)
-    if state["epoch"] >= config["epochs"]:
-        _report(model, optimizer, scheduler, state, rank, config)
-        return
-
-    trained = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    while state["epoch"] < config["epochs"]:
-        epoch = state["epoch"]
-        order = torch.randperm(
-            len(image),
-            generator=torch.Generator().manual_seed(config["seed"] * 100_003 + epoch * 97 + rank),
-        )
-        model.train()
-        losses, seen, started = [], 0, time.perf_counter()
-        for step in range(state["step_in_epoch"], steps_per_epoch):
-            if (
-                config.get("fail_at_step") is not None
-                and state["global_step"] == config["fail_at_step"]
-            ):
-                marker = Path(config["out"]) / ".failed-once"
-                if not marker.exists():
-                    marker.write_text("injected failure")
-                    raise RuntimeError(f"injected failure at step {state['global_step']}")
-            idx = order[step * batch : (step + 1) * batch].to(device)
-            with autocast:
-                out = trained(image[idx], text[idx], cross=config["objective"] == "paired")
-                loss = loss_fn(out.image, out.text, out.logit_scale)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch} step {step}; stopping. "
-                    "The last good checkpoint is kept; lower --lr or check the shards"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            seen += len(idx)
-            state["global_step"] += 1
-            state["step_in_epoch"] = step + 1
-            every = config["checkpoint_every_steps"]
-            if every and state["global_step"] % every == 0 and step + 1 < steps_per_epoch:
-                _report(
-                    model,
-                    optimizer,
-                    scheduler,
-                    state,
-                    rank,
-                    config,
-                    metrics={"partial_epoch": epoch},
-                )
-        seconds = time.perf_counter() - started
-        metrics = {
-            "epoch": epoch + 1,
-            "global_step": state["global_step"],
-            "train_loss": sum(losses) / max(1, len(losses)),
-            "lr": scheduler.get_last_lr()[0],
-            "samples_per_s": seen * world / seconds if seconds > 0 else 0.0,
-            "temperature": float(1.0 / model.logit_scale.exp()),
-        }
-        if rank == 0:
-            metrics.update(_evaluate(model, val, config["image_weight"], device))
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        state["history"].append(metrics)
-        if (
-            rank == 0
-            and SELECTION_METRIC in metrics  # no val records: nothing to choose by
-            and (state["best"] is None or metrics[SELECTION_METRIC] > state["best"]["score"])
-        ):
-            state["best"] = {
-                "score": metrics[SELECTION_METRIC],
-                "epoch": epoch + 1,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            }
-        _report(model, optimizer, scheduler, state, rank, config, metrics=metrics)
-
-
-def _report(model, optimizer, scheduler, state, rank, config, *, metrics=None) -> None:  # noqa: ANN001
-    """Every rank reports (Ray needs it as a barrier); rank 0 attaches the checkpoint."""
-    import ray.train
-
-    metrics = dict(metrics or (state["history"][-1] if state["history"] else {}))
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    _write_history(Path(config["out"]), state)
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": state,
-                "model_config": model.config.to_dict(),
-            },
-            Path(folder) / STATE_FILE,
-        )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def _config_diff(before: dict[str, Any], now: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    return ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in keys)
-
-
-def _newest_checkpoint_on_disk(
-    folder: Path, device: torch.device, *, mmap: bool = False
-) -> dict[str, Any] | None:
-    """The loadable checkpoint with the highest global step under ``folder``, if any.
-
-    ``mmap`` maps the tensors instead of reading them (for a driver that only looks).
-    """
-    newest = None
-    for path in folder.glob(f"checkpoint_*/{STATE_FILE}"):
-        try:
-            saved = torch.load(path, map_location=device, weights_only=False, mmap=mmap)
-        except Exception:  # a checkpoint cut short by the kill: skip it
-            continue
-        if newest is None or saved["state"]["global_step"] > newest["state"]["global_step"]:
-            newest = saved
-    return newest
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any], total_steps: int):  # noqa: ANN202
-    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
-
-    warmup = int(config["warmup_fraction"] * total_steps)
-    if config["schedule"] == "linear":
-        return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    if config["schedule"] != "cosine":
-        raise ValueError(f"unknown schedule {config['schedule']!r} (cosine or linear)")
-    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-@torch.no_grad()
-def _evaluate(model, val, image_weight: float, device) -> dict[str, float]:  # noqa: ANN001
-    """Val loss and retrieval recall, each side encoded on its own (as in search); rank-local."""
-    from adaptor.model import clip_loss
-
-    if len(val) == 0:
-        return {}
-    model.eval()
-    image, text = val.arrays["image"].to(device), val.arrays["text"].to(device)
-    out = model(image, text, cross=False)
-    metrics = {"val_loss": float(clip_loss(out.image, out.text, out.logit_scale, image_weight))}
-    recall = paired_recall(out.image.cpu(), out.text.cpu())
-    metrics.update({f"val_{k}": v for k, v in recall.items()})
-    metrics[SELECTION_METRIC] = sum(recall.values()) / len(recall)
-    metrics.update({f"chance_{k}": v for k, v in chance_recall(len(val)).items()})
-    metrics["val_size"] = len(val)
-    model.train()
-    return metrics
-
-
-def _role(meta: dict[str, Any], carve: ValCarve | None) -> str | None:
-    """A record's split, with the carved train records in ``val``."""
-    split = meta.get("split")
-    if carve is not None and split == "train" and carve.holds(meta):
-        return "val"
-    return split
-
-
-def _load(
-    reader: ShardReader, keep: Callable[[dict[str, Any]], bool], rank: int = 0, world: int = 1
-) -> EmbeddingTable:
-    """The samples of this rank's shards whose metadata ``keep`` takes, as float32 tensors."""
-    rows = [s for s in reader.samples(rank=rank, world_size=world) if keep(s["meta"])]
-    return EmbeddingTable(
-        ids=[r["id"] for r in rows],
-        arrays={
-            m: torch.from_numpy(np.stack([r[m] for r in rows]).astype(np.float32))
-            if rows
-            else torch.empty(0)
-            for m in ("image", "text")
-        },
-        meta=[r["meta"] for r in rows],
-    )
-
-
-def _finite(table):  # noqa: ANN001, ANN202
-    """Drop rows whose embeddings hold NaN or Inf, saying how many."""
-    keep = torch.ones(len(table), dtype=torch.bool)
-    for array in table.arrays.values():
-        if array.numel():
-            keep &= torch.isfinite(array).all(dim=1)
-    if not keep.all():
-        table.ids = [i for i, k in zip(table.ids, keep.tolist(), strict=True) if k]
-        table.meta = [m for m, k in zip(table.meta, keep.tolist(), strict=True) if k]
-        table.arrays = {name: a[keep] for name, a in table.arrays.items()}
-    return table
-
-
 class _EpochProgress:
     """A driver-side progress bar over epochs, fed by the rank-0 worker's ``metrics.jsonl``."""
 
@@ -619,13 +344,6 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _write_history(run_dir: Path, state: dict[str, Any]) -> None:
-    """``metrics.jsonl``: one line per finished epoch, rewritten whole so a resume never duplicates."""
-    with atomic_open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
-        for line in state["history"]:
-            fh.write(json.dumps(line) + "\n")
-
-
 # ---------------------------------------------------------------- outputs
 
 
@@ -638,7 +356,7 @@ def _write_outputs(
     from) go into ``metrics.json``. Without val records the last epoch is kept.
     """
     from adaptor.model import Adaptor, AdaptorConfig
-    from adaptor.train.plots import plot_pretraining
+    from adaptor.pretrain.curves import plot_pretraining
 
     if checkpoint is None:
         raise PretrainError(f"training finished without a checkpoint in {run_dir / 'ray'}")

@@ -11,14 +11,16 @@ shards when they were made by the same weights at the same input size).
 Training: AdamW with one learning rate for the head and one for the encoder's trainable
 parameters (per-method defaults), the frozen path's class-weighted loss, model selection
 on the validation macro AUROC with early stopping, and the test metrics of
-:func:`~adaptor.train.classification_metrics.classification_metrics`. Batch-norm running
+:func:`~adaptor.metrics.classification.classification_metrics`. Batch-norm running
 statistics stay frozen, so a cell's deltas fully describe its encoder; gradient
 checkpointing of every encoder block is an option. Each cell saves its
 deltas and head under ``OUT/tuned/<cell>/`` and reports trainable parameters, training
 samples/s (forward, backward and optimizer step, data loading excluded) and the peak
-memory of its first training step (:mod:`adaptor.train.step_memory`). Cells run through
-:func:`~adaptor.train.grid.run_grid`, so a rerun resumes. :func:`write_tuning_table` puts
-the methods side by side in ``OUT/tuning.md``.
+memory of its first training step (:mod:`adaptor.downstream.step_memory`). Cells run
+through :func:`~adaptor.downstream.grid.run_grid`, so a rerun resumes;
+:func:`run_tuning` runs one grid per head, as ``adaptor finetune tune`` does, and
+:func:`~adaptor.downstream.results.write_tuning_table` puts the methods side by side in
+``OUT/tuning.md``.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ import functools
 import json
 import re
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,22 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from adaptor.atomic import atomic_open, atomic_write_json
-from adaptor.data.image_io import load_image
 from adaptor.data.splits import LabelSplits
+from adaptor.downstream.classification import Objective, record_rows
+from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
+from adaptor.downstream.results import CellResult
+from adaptor.downstream.step_memory import measure_step
+from adaptor.embed.feature_maps import resized_preprocess
+from adaptor.embed.pixels import load_pixels
 from adaptor.encoders import ImageEncoder, TextEncoder, build_image_encoder, build_text_encoder
 from adaptor.errors import AdaptorError
 from adaptor.heads.classification import HEADS, build_head, label_matrix
+from adaptor.metrics.classification import classification_metrics, undefined_unseen
 from adaptor.peft import DEFAULT_OPTIONS, METHODS, TuningError, apply_tuning, method_options
 from adaptor.peft.checkpointing import enable_gradient_checkpointing
 from adaptor.peft.deltas import save_deltas, tuning_state
 from adaptor.peft.targets import unused_parameters
-from adaptor.results import CellResult, load_results, mean_std
 from adaptor.shards import ShardReader
-from adaptor.train.classification_metrics import classification_metrics
-from adaptor.train.finetune import _Objective, _undefined_unseen
-from adaptor.train.grid import GridCell, run_grid, setup_key
-from adaptor.train.step_memory import measure_step
 
 SIDES = ("image", "text", "both")
 BASE_SEED = 0  # torch seed for building encoders (fixes @random initialisations)
@@ -71,12 +73,12 @@ ENCODER_LR = {
 
 
 class TuneError(AdaptorError, ValueError):
-    """A tuned-encoder run that cannot start, or a record it cannot read."""
+    """A tuned-encoder run that cannot start."""
 
 
 @dataclass
 class TuneConfig:
-    """What ``adaptor finetune --tune …`` trains (classification from a tuned encoder)."""
+    """What ``adaptor finetune tune`` trains (classification from a tuned encoder), per head."""
 
     shards: str
     out: str
@@ -146,33 +148,63 @@ def finetune_tuned(
         "config": asdict(cfg),
         "out": str(Path(cfg.out).resolve()),
     }
-    cells = [
-        GridCell(
-            key=_safe(f"{cfg.label(method)}__{fraction:g}__seed{seed}"),
-            params={
-                "method": method,
-                "label": cfg.label(method),
-                "options": cfg.method_options(method),
-                "fraction": fraction,
-                "seed": seed,
-            },
-        )
-        for method in cfg.methods
-        for fraction in cfg.fractions
-        for seed in cfg.seeds
-    ]
+    methods = {
+        _safe(cfg.label(m)): {
+            "method": m,
+            "label": cfg.label(m),
+            "options": cfg.method_options(m),
+        }
+        for m in cfg.methods
+    }
+    cells = plan_cells(methods, cfg.fractions, cfg.seeds)
     results = run_grid(
         cells,
-        train_tuned_cell,
+        TASK,
         shared=shared,
         run_dir=Path(cfg.out) / "runs" / f"tune-{_setup_hash(shared)}",
         workers=cfg.workers,
         address=cfg.address,
         progress=progress,
         log=log,
-        desc="tuned encoders",
     )
     return [CellResult.from_dict(results[c.key]) for c in cells]
+
+
+def run_tuning(
+    cfg: TuneConfig,
+    splits: LabelSplits,
+    *,
+    heads: Sequence[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[CellResult]:
+    """:func:`finetune_tuned` for each of ``heads`` (default ``cfg.head``) in turn.
+
+    The head is part of a grid's setup, so each head is its own grid and run folder.
+    """
+    cells: list[CellResult] = []
+    for head in heads or [cfg.head]:
+        cells += finetune_tuned(replace(cfg, head=head), splits, progress=progress, log=log)
+    return cells
+
+
+def parse_tune_options(text: str | None) -> dict[str, Any]:
+    """``"rank=8,ffn=true,columns=0.25"`` → ``{"rank": 8, "ffn": True, "columns": 0.25}``.
+
+    Values are read as JSON (numbers, ``true``/``false``, ``null``), else kept as text.
+    """
+    options: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TuneError(f"tuning options are KEY=VALUE pairs, got {item.strip()!r}")
+        try:
+            options[key.strip()] = json.loads(value.strip())
+        except json.JSONDecodeError:
+            options[key.strip()] = value.strip()
+    return options
 
 
 def _setup_hash(shared: dict[str, Any]) -> str:
@@ -242,11 +274,9 @@ def _build(side: str, name: str, device: str | torch.device) -> ImageEncoder | T
 
 # ---------------------------------------------------------------- worker side
 
-_PREPARED: dict[str, dict[str, Any]] = {}
 
-
-def _prepared(shared: dict[str, Any]) -> dict[str, Any]:
-    """Records, targets, feature statistics and base encoders, loaded once per worker process.
+def prepare_tuning(shared: dict[str, Any]) -> dict[str, Any]:
+    """Records, targets, feature statistics and base encoders (once per worker process).
 
     Features are standardised with the train split's mean and std of the frozen encoder's
     embeddings: from the shards when they were made by these very weights at this input
@@ -254,9 +284,6 @@ def _prepared(shared: dict[str, Any]) -> dict[str, Any]:
     """
     from adaptor.data.sources import open_source
 
-    key = json.dumps({k: shared[k] for k in ("shards", "encoders", "config")}, sort_keys=True)
-    if key in _PREPARED:
-        return _PREPARED[key]
     cfg = shared["config"]
     table = ShardReader(shared["shards"]).load(members=tuple(shared["encoders"]))
     is_train = [m.get("split") == "train" for m in table.meta]
@@ -281,7 +308,7 @@ def _prepared(shared: dict[str, Any]) -> dict[str, Any]:
             )
         stats[side] = (x.mean(0), x.std(0).clamp(min=1e-6))
     targets, valid = label_matrix(table.meta, shared["label_names"], cfg["uncertain"])
-    prepared = {
+    return {
         "meta": table.meta,
         "targets": targets,
         "valid": valid,
@@ -291,8 +318,6 @@ def _prepared(shared: dict[str, Any]) -> dict[str, Any]:
         "root": root,
         "encoders": encoders,
     }
-    _PREPARED[key] = prepared
-    return prepared
 
 
 class _Inputs:
@@ -304,8 +329,6 @@ class _Inputs:
         self.side, self.root = side, root
         self.native = side == "text" or image_size is None
         if side == "image":
-            from adaptor.shards.feature_maps import resized_preprocess
-
             self.preprocess = resized_preprocess(encoder.preprocess, image_size)
         else:
             self.tokenize = encoder.make_tokenizer()
@@ -314,20 +337,15 @@ class _Inputs:
         """Pixels [B, 3, h, w] or a token batch for the records ``rows``."""
         if self.side == "text":
             return self.tokenize([row.get("report") or "" for row in rows])
-        return torch.stack([self.preprocess(self._image(row)) for row in rows])
+        return torch.stack(
+            [self.preprocess(load_pixels(row["id"], self.root / row["image"])) for row in rows]
+        )
 
     def probe(self) -> Any:
         """A one-example input."""
         if self.side == "text":
             return self.tokenize(["probe"])
         return torch.zeros(1, 3, *self.preprocess.size)
-
-    def _image(self, row: dict[str, Any]) -> np.ndarray:
-        path = self.root / row["image"]
-        try:
-            return load_image(path)
-        except Exception as err:
-            raise TuneError(f"record {row['id']!r}: cannot read image {path}: {err}") from err
 
 
 class _Tower:
@@ -379,9 +397,10 @@ class _Tower:
         return enc._encode(enc._prepare(batch.to(self.device)), False).global_.float()
 
 
-def train_tuned_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
+def train_tuned_cell(
+    cell: GridCell, shared: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
     """Tune, train and test one method × fraction × seed; save its deltas and head."""
-    data = _prepared(shared)
     cfg = shared["config"]
     names = shared["label_names"]
     method, fraction, seed = cell.params["method"], cell.params["fraction"], cell.params["seed"]
@@ -391,9 +410,9 @@ def train_tuned_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
     towers = [_Tower(side, data, cell, cfg, device) for side in shared["encoders"]]
     head = build_head(cfg["head"], sum(t.dim for t in towers), len(names)).to(device)
     train, val, test = (
-        _rows(data, ids) for ids in (splits.train_ids(fraction), splits.val, splits.test)
+        record_rows(data, ids) for ids in (splits.train_ids(fraction), splits.val, splits.test)
     )
-    objective = _Objective(cfg["kind"], data["targets"][train], data["valid"][train], len(names))
+    objective = Objective(cfg["kind"], data["targets"][train], data["valid"][train], len(names))
     encoder_params = [p for t in towers for p in t.trainable()]
     encoder_lr = cfg["encoder_lr"] if cfg["encoder_lr"] is not None else ENCODER_LR[method]
     groups = [{"params": list(head.parameters()), "lr": cfg["lr"]}]
@@ -449,7 +468,7 @@ def train_tuned_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
     probs = _probs(_logits(towers, head, test, data, cfg["batch_size"]), cfg["kind"])
     targets, valid = data["targets"][test], data["valid"][test]
     scalars, per_class = classification_metrics(probs, targets, valid, names, cfg["kind"])
-    warnings = data["notes"] + _undefined_unseen(
+    warnings = data["notes"] + undefined_unseen(
         per_class, scalars, objective.unseen, names, fraction
     )
     saved = _save_cell(Path(shared["out"]) / "tuned" / cell.key, towers, head)
@@ -482,6 +501,9 @@ def train_tuned_cell(cell: GridCell, shared: dict[str, Any]) -> dict[str, Any]:
     ).to_dict()
 
 
+TASK = GridTask("tuned encoders", prepare_tuning, train_tuned_cell)
+
+
 def _device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -491,10 +513,6 @@ def _device(spec: str) -> torch.device:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rows(data: dict[str, Any], ids: Sequence[str]) -> Tensor:
-    return torch.tensor([data["row"][i] for i in ids if i in data["row"]], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -522,7 +540,7 @@ def _val_score(
     head: nn.Module,
     val: Tensor,
     data: dict[str, Any],
-    objective: _Objective,
+    objective: Objective,
     names: list[str],
     cfg: dict[str, Any],
 ) -> float:
@@ -561,67 +579,3 @@ def _save_cell(folder: Path, towers: list[_Tower], head: nn.Module) -> dict[str,
     paths["head"] = str(folder / "head.safetensors")
     atomic_write_json(folder / "tuning.json", {t.side: t.report.to_dict() for t in towers})
     return paths
-
-
-# ---------------------------------------------------------------- comparison table
-
-
-def tuning_markdown(cells: Sequence[CellResult]) -> str:
-    """Tuned-encoder methods side by side: trainable parameters (count, % of the encoder),
-    peak memory of a training step, training samples/s (medians over a method's cells) and
-    test macro AUROC per label fraction (mean ± std over seeds)."""
-    tuned = [c for c in cells if c.task == "classification" and "tuning" in c.extra]
-    fractions = sorted({float(c.fraction) for c in tuned})
-    groups: dict[str, list[CellResult]] = defaultdict(list)
-    for c in tuned:
-        groups[c.method].append(c)
-    header = [
-        "method", "encoder trainable", "% of encoder", "peak step MiB", "train samples/s",
-        *(f"AUROC {f * 100:g} %" for f in fractions), "device",
-    ]  # fmt: skip
-    lines = [
-        "# Tuned encoders",
-        "",
-        "Cost of one training step and test macro AUROC per label fraction (mean ± std over "
-        "seeds). Peak memory: weights and buffers held plus the peak of tensor memory "
-        "allocated during the first training step (CUDA max allocated on a GPU, an operator-"
-        "level allocation tracker on CPU).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * len(header)) + "|",
-    ]
-    for method, group in sorted(groups.items()):
-        first = group[0].extra
-        auroc = []
-        for f in fractions:
-            stat = mean_std([c.metrics.get("auroc_macro") for c in group if c.fraction == f])
-            auroc.append(
-                "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-            )
-        row = [
-            method,
-            f"{first['encoder_trainable_parameters']:,}",
-            f"{first['trainable_percent']:.3f}",
-            _median_text([c.extra.get("peak_memory_mb") for c in group], ".0f"),
-            _median_text([c.extra.get("samples_per_s") for c in group], ".1f"),
-            *auroc,
-            first.get("device", "?"),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_tuning_table(out: str | Path) -> Path | None:
-    """Write ``OUT/tuning.md`` from the tuned cells in ``OUT/results.json``; None if none."""
-    cells = load_results(Path(out))
-    if not any("tuning" in c.extra for c in cells):
-        return None
-    path = Path(out) / "tuning.md"
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write(tuning_markdown(cells))
-    return path
-
-
-def _median_text(values: list[float | None], spec: str) -> str:
-    defined = [v for v in values if v is not None]
-    return format(float(np.median(defined)), spec) if defined else "n/a"

@@ -39,10 +39,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from adaptor.atomic import TMP_SUFFIX, atomic_write_json
-from adaptor.data.image_io import load_image
 from adaptor.data.masks import load_mask
 from adaptor.data.records import RecordError
 from adaptor.data.sources.base import SourceSpec
+from adaptor.embed.pixels import load_pixels
 from adaptor.encoders import ImageEncoder, ImagePreprocess
 from adaptor.errors import AdaptorError
 
@@ -127,11 +127,7 @@ def load_record(
     if row.get("mask") is None and inputs.unannotated == "skip":
         return None
     path = inputs.root / row["image"]
-    try:
-        image = load_image(path)
-    except Exception as err:
-        reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
-        raise RecordError(row["id"], f"cannot read image: {reason}", path) from err
+    image = load_pixels(row["id"], path)
     height, width = image.shape
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -1,1 +1,0 @@
-"""Training under Ray Train: Adaptor pretraining (and, later, downstream heads)."""
