@@ -14,8 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from adaptor.cli import app
-from adaptor.embed import EmbedConfig, embed
-from adaptor.model import Adaptor, AdaptorConfig, AdaptorMismatchError
+from adaptor.model import Adaptor, AdaptorMismatchError
 from adaptor.retrieval import (
     IndexMismatchError,
     IndexNotFoundError,
@@ -35,62 +34,10 @@ from adaptor.shards import ShardReader
 runner = CliRunner()
 
 
-def small_index(root: Path, synthetic_dir: Path) -> tuple[Path, Path, Path]:
-    """Shards of the 40-record synthetic set, an untrained Adaptor for them, and an exact index.
-
-    Returns (shards, adaptor folder, index folder). Shared with the service tests.
-    """
-    shards, adaptor_dir, out = root / "shards", root / "adaptor", root / "index"
-    embed(
-        EmbedConfig(
-            source=f"synthetic:{synthetic_dir}",
-            out=shards,
-            batch_size=16,
-            shard_size=16,
-            loader_workers=0,
-            progress=False,
-        )
-    )
-    encoders = ShardReader(shards).manifest.encoders
-    torch.manual_seed(0)
-    config = AdaptorConfig(
-        image_dim=encoders["image"]["dim"],
-        text_dim=encoders["text"]["dim"],
-        width=64,
-        heads=4,
-        ffn_hidden=128,
-        encoders={
-            r: {k: e[k] for k in ("name", "fingerprint", "dim")} for r, e in encoders.items()
-        },
-    )
-    Adaptor(config).save_pretrained(adaptor_dir)
-    build_index(shards, adaptor_dir, out, progress=False, log=lambda _: None)
-    return shards, adaptor_dir, out
-
-
-def shared_index(
-    tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path
-) -> tuple[Path, Path, Path]:
-    """:func:`small_index` built once per test session; the service and page tests reuse it.
-
-    Tests only read it (or copy it before changing anything).
-    """
-    root = tmp_path_factory.getbasetemp() / "retrieval-shared"
-    if not (root / "index" / "manifest.json").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        return small_index(root, synthetic_dir)
-    return root / "shards", root / "adaptor", root / "index"
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> tuple[Path, Path, Path]:
-    return shared_index(tmp_path_factory, synthetic_dir)
-
-
-@pytest.fixture(scope="module")
-def searcher(built: tuple[Path, Path, Path]) -> Searcher:
-    """The shared index, opened once: its encoders are built on first use, then reused."""
-    return open_searcher(built[2])
+def searcher(service_searcher: Searcher) -> Searcher:
+    """The shared index, opened once for the session with its encoders retrieval_index."""
+    return service_searcher
 
 
 def _projected(shards: Path, adaptor_dir: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -102,8 +49,10 @@ def _projected(shards: Path, adaptor_dir: Path) -> tuple[list[dict], np.ndarray,
     return table.meta, image, text
 
 
-def test_exact_index_equals_brute_force(built: tuple[Path, Path, Path], searcher: Searcher) -> None:
-    shards, adaptor_dir, _ = built
+def test_exact_index_equals_brute_force(
+    retrieval_index: tuple[Path, Path, Path], searcher: Searcher
+) -> None:
+    shards, adaptor_dir, _ = retrieval_index
     meta, image, text = _projected(shards, adaptor_dir)
     ids = [m["id"] for m in meta]
     k = 7
@@ -123,9 +72,9 @@ def test_exact_index_equals_brute_force(built: tuple[Path, Path, Path], searcher
 
 
 def test_text_and_image_queries_run_the_encoders_then_the_adaptor(
-    built: tuple[Path, Path, Path], searcher: Searcher, synthetic_dir: Path
+    retrieval_index: tuple[Path, Path, Path], searcher: Searcher, synthetic_dir: Path
 ) -> None:
-    shards, adaptor_dir, _ = built
+    shards, adaptor_dir, _ = retrieval_index
     meta, image, _ = _projected(shards, adaptor_dir)
     # an indexed image as the query finds itself first, with a score of ~1
     first = meta[3]
@@ -143,8 +92,8 @@ def test_text_and_image_queries_run_the_encoders_then_the_adaptor(
     assert len(searcher.search_text(["effusion"], k=500)[0]) == 40
 
 
-def test_round_trip_manifest_and_no_op_rebuild(built: tuple[Path, Path, Path]) -> None:
-    shards, adaptor_dir, out = built
+def test_round_trip_manifest_and_no_op_rebuild(retrieval_index: tuple[Path, Path, Path]) -> None:
+    shards, adaptor_dir, out = retrieval_index
     manifest = read_manifest(out)
     assert manifest["complete"] and manifest["count"] == 40 and manifest["factory"] == "Flat"
     shard_encoders = ShardReader(shards).manifest.encoders
@@ -163,9 +112,9 @@ def test_round_trip_manifest_and_no_op_rebuild(built: tuple[Path, Path, Path]) -
 
 
 def test_new_adaptor_rebuilds_and_split_filter(
-    built: tuple[Path, Path, Path], searcher: Searcher, tmp_path: Path
+    retrieval_index: tuple[Path, Path, Path], searcher: Searcher, tmp_path: Path
 ) -> None:
-    shards, adaptor_dir, _ = built
+    shards, adaptor_dir, _ = retrieval_index
     out = tmp_path / "index"
     build_index(shards, adaptor_dir, out, split="test", progress=False, log=lambda _: None)
     test_ids = {m["id"] for m in ShardReader(shards).load(split="test").meta}
@@ -184,9 +133,9 @@ def test_new_adaptor_rebuilds_and_split_filter(
 
 
 def test_refuses_other_encoders_and_tampered_adaptor(
-    built: tuple[Path, Path, Path], tmp_path: Path
+    retrieval_index: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    shards, adaptor_dir, out = built
+    shards, adaptor_dir, out = retrieval_index
     copy = tmp_path / "index"
     shutil.copytree(out, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -221,9 +170,9 @@ def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("factory", ["HNSW8,Flat", "IVF32,Flat", "IVF16,PQ8x4"])
 def test_approximate_indexes_are_tuned_to_the_target_recall(
-    built: tuple[Path, Path, Path], tmp_path: Path, factory: str
+    retrieval_index: tuple[Path, Path, Path], tmp_path: Path, factory: str
 ) -> None:
-    _, adaptor_dir, _ = built
+    _, adaptor_dir, _ = retrieval_index
     dim, n = 64, 4000
     image, text = _clustered(n, dim, 1), _clustered(n, dim, 2)
     meta = [{"id": f"r{i}", "report": "" if i % 10 == 0 else f"report {i}"} for i in range(n)]
@@ -264,8 +213,10 @@ def test_approximate_indexes_are_tuned_to_the_target_recall(
     assert all(int(h.id[1:]) % 10 != 0 for row in report_hits for h in row)
 
 
-def test_bad_factory_and_bad_target(built: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    shards, adaptor_dir, out = built
+def test_bad_factory_and_bad_target(
+    retrieval_index: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    shards, adaptor_dir, out = retrieval_index
     with pytest.raises(RetrievalError, match="invalid FAISS factory string 'HNSWx'"):
         build_index(shards, adaptor_dir, tmp_path, factory="HNSWx", progress=False)
     with pytest.raises(RetrievalError, match="unknown search target"):
@@ -305,9 +256,9 @@ def test_micro_batcher_batches_concurrent_calls_and_routes_results() -> None:
 
 
 def test_cli_index_search_and_errors(
-    built: tuple[Path, Path, Path], tmp_path: Path, synthetic_dir: Path
+    retrieval_index: tuple[Path, Path, Path], tmp_path: Path, synthetic_dir: Path
 ) -> None:
-    shards, adaptor_dir, _ = built
+    shards, adaptor_dir, _ = retrieval_index
     out = tmp_path / "index"
     args = ["index", "--shards", str(shards), "--adaptor", str(adaptor_dir), "--out", str(out)]
     result = runner.invoke(app, [*args, "--no-progress", "--no-thumbnails"])
@@ -340,9 +291,9 @@ def test_cli_index_search_and_errors(
 
 
 def test_example_searches_for_adaptor_run(
-    built: tuple[Path, Path, Path], searcher: Searcher
+    retrieval_index: tuple[Path, Path, Path], searcher: Searcher
 ) -> None:
-    shards, _, _ = built
+    shards, _, _ = retrieval_index
     text = example_searches(searcher, texts=("pleural effusion", "pneumothorax"), k=2)
     blocks = text.split("\n\n")
     assert [b.splitlines()[0] for b in blocks[:2]] == [

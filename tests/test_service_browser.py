@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_retrieval import shared_index
 from test_service import running_server
 
 pytestmark = pytest.mark.slow
@@ -31,8 +30,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Iterator[str]:
-    index_dir = shared_index(tmp_path_factory, synthetic_dir)[2]
+def site(
+    tmp_path_factory: pytest.TempPathFactory, retrieval_index: tuple[Path, Path, Path]
+) -> Iterator[str]:
+    index_dir = retrieval_index[2]
     log = tmp_path_factory.mktemp("browser") / "serve.log"
     with running_server(index_dir, log) as url:
         yield url

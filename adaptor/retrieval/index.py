@@ -1,13 +1,5 @@
-"""Build and load an index folder: FAISS indexes over Adaptor-space vectors plus metadata.
-
-Layout of an index folder::
-
-    manifest.json      what it was built from (shards, Adaptor sha256, encoder fingerprints),
-                       per side: factory, count, tuned search parameters, measured recall@10
-    image.faiss        image vectors (Adaptor image path), inner product on unit vectors
-    text.faiss         report vectors (Adaptor text path); records with empty reports are left out
-    records.sqlite     FAISS label → record id, split, labels, report, image path, thumbnail
-    adaptor/           a copy of the Adaptor the vectors came from (queries need it)
+"""Build an index folder (:mod:`adaptor.retrieval.folder`): FAISS indexes over Adaptor-space
+vectors plus metadata.
 
 Both FAISS indexes are wrapped in ``IDMap2`` with the record's store row as label. Building
 streams the shards batch by batch: vectors go straight into FAISS (an index that needs
@@ -16,17 +8,14 @@ then tuned: a uniform sample of the records' vectors, used as queries (text vect
 against the image index, image vectors against both), is searched exactly in the same
 pass, and the search knob (``efSearch`` / ``nprobe``) is set to the smallest value that
 reaches the target recall@10.
-Every file is written under a temporary name and renamed; ``manifest.json`` comes last and
-says ``complete``, so a killed build is simply rebuilt, and a rebuild from the same shards
-and Adaptor is a no-op.
+A killed build leaves no complete manifest and is simply rebuilt; a rebuild from the same
+shards and Adaptor is a no-op.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,28 +27,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adaptor.atomic import TMP_SUFFIX, atomic_open, atomic_write_json, remove_stale_partials
 from adaptor.data.image_io import ImageReadError
 from adaptor.errors import AdaptorError
 from adaptor.model import Adaptor, load_adaptor_for
-from adaptor.model.adaptor import CONFIG_NAME, WEIGHTS_NAME
-from adaptor.retrieval.errors import IndexMismatchError, IndexNotFoundError, RetrievalError
+from adaptor.retrieval.errors import RetrievalError
+from adaptor.retrieval.folder import (
+    SIDES,
+    adaptor_sha256,
+    copy_adaptor,
+    existing_manifest,
+    faiss_name,
+    prepare,
+    write_faiss,
+    write_manifest,
+)
 from adaptor.retrieval.store import StoreWriter
 from adaptor.retrieval.thumbnails import make_thumbnail
-from adaptor.retrieval.tuning import (
-    ExactTopK,
-    TuneResult,
-    is_exact,
-    layers,
-    set_search_params,
-    tune,
-)
+from adaptor.retrieval.tuning import ExactTopK, TuneResult, is_exact, layers, tune
 from adaptor.shards import Manifest, ShardReader
 
-MANIFEST_NAME = "manifest.json"
-ADAPTOR_DIR = "adaptor"
-FORMAT_VERSION = 1
-SIDES = ("image", "text")
 EXACT_FACTORY = "Flat"
 APPROX_FACTORY = "HNSW32,Flat"
 AUTO_EXACT_MAX = 100_000  # ``factory=None``: exact search up to this many records, else HNSW
@@ -137,7 +123,7 @@ def build_index(
         "split": split,
         "thumbnails": thumbnails,
     }
-    existing = _read_json(out / MANIFEST_NAME)
+    existing = existing_manifest(out)
     if existing and existing.get("complete") and existing.get("key") == key:
         log(f"[index] {out} is up to date ({existing['count']} records)")
         return _info(out, existing, reused=True)
@@ -206,9 +192,7 @@ def write_index(
     bound on the record count, for progress and the automatic factory choice.
     """
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # incomplete until the new one is written
+    prepare(out)
     factory = factory or (EXACT_FACTORY if total <= AUTO_EXACT_MAX else APPROX_FACTORY)
     indexes = {side: new_index(width, factory) for side in SIDES}
     exact = is_exact(indexes["image"])
@@ -239,18 +223,12 @@ def write_index(
         store.abort()
         raise
     for side in SIDES:
-        _write_faiss(indexes[side], out / f"{side}.faiss")
-    _copy_adaptor(adaptor_dir, out / ADAPTOR_DIR)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "complete": True,
+        write_faiss(out, side, indexes[side])
+    sha256 = copy_adaptor(adaptor_dir, out)
+    content = {
         "key": key,
         **(info or {}),
-        "adaptor": {
-            "path": str(Path(adaptor_dir).resolve()),
-            "sha256": adaptor_sha256(out / ADAPTOR_DIR),
-            "width": width,
-        },
+        "adaptor": {"path": str(Path(adaptor_dir).resolve()), "sha256": sha256, "width": width},
         "encoders": encoders,
         "metric": "inner_product",
         "count": store.count,
@@ -259,7 +237,7 @@ def write_index(
         "thumbnails": first.thumbnails,
         "sides": {
             side: {
-                "file": f"{side}.faiss",
+                "file": faiss_name(side),
                 "factory": factory,
                 "count": int(indexes[side].ntotal),
                 "params": tuned[side].params if side in tuned else {},
@@ -270,7 +248,7 @@ def write_index(
         },
         "seconds": round(time.perf_counter() - started, 2),
     }
-    atomic_write_json(out / MANIFEST_NAME, manifest)
+    manifest = write_manifest(out, content)
     log(
         f"[index] {store.count} records indexed ({indexes['text'].ntotal} with reports, "
         f"{first.thumbnails} thumbnails) in {manifest['seconds']:.1f}s"
@@ -278,65 +256,7 @@ def write_index(
     return _info(out, manifest, reused=False)
 
 
-# -- reading an index folder ----------------------------------------------------------------
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a finished index folder; raises IndexNotFoundError otherwise."""
-    folder = Path(folder)
-    manifest = _read_json(folder / MANIFEST_NAME)
-    if manifest is None:
-        raise IndexNotFoundError(
-            f"no index in {folder}: {MANIFEST_NAME} is missing (build one with `adaptor index`)"
-        )
-    if not manifest.get("complete"):
-        raise IndexNotFoundError(f"the index in {folder} is incomplete: rerun `adaptor index`")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexMismatchError(
-            f"the index in {folder} has format {manifest.get('format_version')}, this version "
-            f"reads {FORMAT_VERSION}: rebuild it with `adaptor index`"
-        )
-    return manifest
-
-
-def load_faiss(folder: Path, manifest: dict[str, Any], side: str) -> faiss.Index:
-    """Read one side's FAISS index and apply its tuned search parameters."""
-    spec = manifest["sides"][side]
-    path = Path(folder) / spec["file"]
-    if not path.is_file():
-        raise IndexNotFoundError(f"the index in {folder} lacks {spec['file']}: rebuild it")
-    index = faiss.read_index(str(path))
-    set_search_params(index, spec.get("params") or {})
-    return index
-
-
-def load_index_adaptor(folder: Path, manifest: dict[str, Any]) -> Adaptor:
-    """The Adaptor copy in the index folder, refused if it is not the one the index names."""
-    folder = Path(folder)
-    found = adaptor_sha256(folder / ADAPTOR_DIR)
-    if found != manifest["adaptor"]["sha256"]:
-        raise IndexMismatchError(
-            f"the Adaptor in {folder / ADAPTOR_DIR} (sha256 {found[:12]}…) is not the one the "
-            f"index was built with (sha256 {manifest['adaptor']['sha256'][:12]}…): rebuild the "
-            "index with `adaptor index`"
-        )
-    return Adaptor.from_pretrained(folder / ADAPTOR_DIR).eval()
-
-
-# -- identities -----------------------------------------------------------------------------
-
-
-def adaptor_sha256(adaptor_dir: Path) -> str:
-    """sha256 over an Adaptor folder's weights and config (what the index manifest names)."""
-    digest = hashlib.sha256()
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        path = Path(adaptor_dir) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"no Adaptor at {adaptor_dir}: {name} is missing")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+# -- the build's key -----------------------------------------------------------------------
 
 
 def shards_key(manifest: Manifest) -> str:
@@ -547,30 +467,6 @@ def _log_tuning(side: str, result: TuneResult, target: float, log: Log) -> None:
             f"(best {result.recall:.3f} at {knob}; {sweep}); use a finer factory, e.g. "
             "HNSW32,Flat or IVF…,Flat instead of PQ"
         )
-
-
-def _write_faiss(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _copy_adaptor(src: Path, dst: Path) -> None:
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        with open(Path(src) / name, "rb") as fh, atomic_open(dst / name, "wb") as copy:
-            shutil.copyfileobj(fh, copy)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _info(out: Path, manifest: dict[str, Any], *, reused: bool) -> IndexInfo:

@@ -11,7 +11,7 @@ import torch
 
 from adaptor.encoders import ImageEncoder, TextEncoder
 from adaptor.retrieval.errors import RetrievalError
-from adaptor.retrieval.index import load_faiss, load_index_adaptor, read_manifest
+from adaptor.retrieval.folder import load_faiss, load_index_adaptor, read_manifest
 from adaptor.retrieval.query import ImageInput, QueryEncoder
 from adaptor.retrieval.store import MetadataStore
 
