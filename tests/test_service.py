@@ -136,6 +136,14 @@ BAD_REQUESTS = [
         422,
         "less than or equal to 20",
     ),
+    (
+        "k true",
+        "post",
+        "/search/text",
+        {"json": {"text": "effusion", "k": True}},
+        422,
+        "not a boolean",
+    ),
     ("empty text", "post", "/search/text", {"json": {"text": ""}}, 422, "at least 1 character"),
     ("blank text", "post", "/search/text", {"json": {"text": "   \n"}}, 422, "text is blank"),
     (

@@ -69,6 +69,14 @@ def router(limits: "ServiceLimits") -> APIRouter:
         )
         k: int = Field(10, ge=1, le=limits.max_k)
 
+        @field_validator("k", mode="before")
+        @classmethod
+        def _not_bool(cls, value: object) -> object:
+            # JSON Schema's integer takes 80.0 but not true; pydantic's lax int takes both
+            if isinstance(value, bool):
+                raise ValueError("k must be an integer, not a boolean")
+            return value
+
         @field_validator("text")
         @classmethod
         def _not_blank(cls, value: str) -> str:
