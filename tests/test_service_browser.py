@@ -102,6 +102,27 @@ def test_search_page_text_image_record_and_errors(
     cards = browser.find_elements(By.CSS_SELECTOR, "#results .hit")
     assert len(cards) == 5 and cards[0].get_attribute("data-id") == record["id"]
 
+    # classify the same image: one probability per label, the API's, in the order asked
+    asked = "pleural_effusion, pneumothorax, nodule"
+    labels = browser.find_element(By.ID, "labels")
+    labels.clear()
+    labels.send_keys(asked)
+    browser.find_element(By.ID, "classify-go").click()
+    _wait(browser, lambda d: "label probabilities for" in d.find_element(By.ID, "status").text)
+    png = (synthetic_dir / record["image"]).read_bytes()
+    probabilities = httpx.post(
+        f"{site}/classify", files={"file": ("q.png", png)}, data={"labels": asked}
+    ).json()["probabilities"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results .prob")
+    assert [r.get_attribute("data-label") for r in rows] == list(probabilities)
+    shown = [r.find_element(By.CLASS_NAME, "p").text for r in rows]
+    assert shown == [f"{p:.3f}" for p in probabilities.values()]
+    labels.clear()
+    labels.send_keys("situs_inversus")
+    browser.find_element(By.ID, "classify-go").click()
+    _wait(browser, lambda d: "no prompts for label" in d.find_element(By.ID, "status").text)
+    assert browser.find_element(By.ID, "status").get_attribute("class") == "error"
+
     # the server's message reaches the user for a bad request
     box = browser.find_element(By.ID, "query")
     box.clear()

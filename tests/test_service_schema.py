@@ -25,10 +25,12 @@ OPERATIONS = [
     ("GET", "/stats"),
     ("POST", "/search/text"),
     ("POST", "/search/image"),
+    ("POST", "/classify"),
     ("GET", "/records/{record_id}"),
     ("GET", "/thumbnails/{record_id}"),
 ]
 WITHOUT_INPUT = {"/health", "/stats"}  # nothing to make invalid
+UPLOADS = {"/search/image", "/classify"}
 CASES = [
     (method, path, mode)
     for method, path in OPERATIONS
@@ -52,7 +54,7 @@ def keyed_schema(service_searcher: Searcher) -> schemathesis.BaseSchema:
 
 def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, examples: int) -> None:
     # any bytes fit the schema of an upload; only decoding tells an image from noise (415/422)
-    excluded = [checks.positive_data_acceptance] if operation.path == "/search/image" else []
+    excluded = [checks.positive_data_acceptance] if operation.path in UPLOADS else []
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(

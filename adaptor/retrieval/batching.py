@@ -71,6 +71,11 @@ class MicroBatcher(Generic[T, R]):
         self._worker: asyncio.Task[None] | None = None
         self.stats = BatchStats()
 
+    @property
+    def executor(self) -> Executor:
+        """Where ``fn`` runs; a batcher added later shares it to keep model calls on one thread."""
+        return self._executor
+
     def start(self) -> None:
         """Start the worker task on the running loop."""
         if self._worker is None:

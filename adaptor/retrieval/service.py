@@ -5,6 +5,8 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 - ``POST /search/text``   JSON ``{"text": "...", "k": 10}`` → images, best first
 - ``POST /search/image``  multipart field ``file`` (PNG, JPEG, DICOM); query ``k`` and
   ``target`` (``image`` or ``report``) → images or reports, best first
+- ``POST /classify``      multipart field ``file`` and ``labels`` (comma-separated) or
+  ``prompts`` (JSON) → zero-shot probability per label
 - ``GET /records/{id}``   one record's metadata; ``GET /thumbnails/{id}`` its JPEG thumbnail
 - ``GET /health``, ``GET /stats``; ``GET /`` the search page
 
@@ -37,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 
 from adaptor.retrieval.batching import BusyError, MicroBatcher
 from adaptor.retrieval.errors import RetrievalError
-from adaptor.retrieval.routes import auth, records, search, status
+from adaptor.retrieval.routes import auth, classify, records, search, status
 from adaptor.retrieval.routes.state import ServiceState
 from adaptor.retrieval.searcher import Searcher, open_searcher
 
@@ -86,6 +88,7 @@ def create_app(
     app.include_router(status.router, **guarded)
     app.include_router(search.router(limits), **guarded)
     app.include_router(records.router, **guarded)
+    app.include_router(classify.router(limits), **guarded)
     return app
 
 
@@ -117,7 +120,7 @@ async def _count_and_harden(
         "application/json"
     ):
         # the body limit answers in plain text; say it in the declared shape, with the limit
-        # (only the search routes read a body, each under its own limit; there is no app-wide
+        # (only the search and classify routes read a body, each under its own limit; no app-wide
         # limit: Starlette's would answer 413 in plain text outside this middleware)
         limit = getattr(request.scope.get("route"), "max_body_size", None)
         detail = "Content Too Large"

@@ -10,22 +10,19 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
-from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from adaptor.retrieval.routes.image_upload import FORM_OVERHEAD, upload_pixels
 from adaptor.retrieval.routes.models import HitOut, SearchOut, error_responses
 from adaptor.retrieval.routes.state import State
 from adaptor.retrieval.searcher import Hit, Searcher
-from adaptor.retrieval.uploads import BadUploadError, UnsupportedUploadError, decode_upload
 
 if TYPE_CHECKING:
     from adaptor.retrieval.service import ServiceLimits
 
 # one character that is white space to neither Python nor ECMAScript (they disagree on some)
 _NOT_BLANK = r"[^\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
-_FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the uploaded file
 _JSON_CHAR_BYTES = 12  # worst case: an astral character escaped as two \uXXXX
 
 
@@ -97,7 +94,7 @@ def router(limits: "ServiceLimits") -> APIRouter:
 
     @search.post(
         "/search/image",
-        max_body_size=limits.max_upload_bytes + _FORM_OVERHEAD,
+        max_body_size=limits.max_upload_bytes + FORM_OVERHEAD,
         responses=error_responses(400, 413, 415, 503),
     )
     async def search_image(
@@ -110,31 +107,11 @@ def router(limits: "ServiceLimits") -> APIRouter:
     ) -> SearchOut:
         """Images or reports closest to an uploaded image, best first."""
         began = time.perf_counter()
-        data = await file.read(limits.max_upload_bytes + 1)
-        if len(data) > limits.max_upload_bytes:
-            raise HTTPException(413, f"upload exceeds {limits.max_upload_bytes} bytes")
-        if not data:
-            raise _invalid_upload("the uploaded file is empty")
-        try:
-            grey = await run_in_threadpool(
-                decode_upload, data, file.filename or "upload", limits.max_image_side
-            )
-            pixels = await run_in_threadpool(state.searcher.encoder.pixels, grey)
-        except UnsupportedUploadError as err:
-            raise HTTPException(415, str(err)) from None
-        except BadUploadError as err:
-            raise _invalid_upload(str(err)) from None
+        pixels = await upload_pixels(file, state)
         hits = await state.batchers["image"].submit((pixels, k, target))
         return _result(target, k, hits, began)
 
     return search
-
-
-def _invalid_upload(message: str) -> RequestValidationError:
-    """A 422 for the ``file`` field, shaped like every other validation error."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", "file"), "msg": message, "input": None}]
-    )
 
 
 def _result(target: str, k: int, hits: list[Hit], began: float) -> SearchOut:
