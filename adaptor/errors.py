@@ -1,8 +1,12 @@
-"""The one base class for failures meant for the user rather than a traceback."""
+"""The one base class for failures meant for the user rather than a traceback, and the
+decorator that turns them into one line for every command (``adaptor`` and the batch jobs)."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on classes defined in Python, not on built-ins
 
@@ -38,3 +42,27 @@ def _rebuild(cls: type[AdaptorError], args: tuple[Any, ...]) -> AdaptorError:
     err = layout.__new__(cls, *args)
     builtin.__init__(err, *args)
     return err
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn expected failures of a command into one clear line on stderr and exit code 2
+    (130 on Ctrl-C); anything else keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print(
+                "interrupted: finished outputs are kept; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
+        except (AdaptorError, FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]

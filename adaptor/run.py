@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from adaptor.config import RunConfig
+from adaptor.config import GridOptions, RunConfig
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
 from adaptor.pretrain import PretrainConfig, PretrainResult, describe, pretrain
@@ -140,23 +140,16 @@ def stage_finetune(
     splits_path = paths.downstream / "splits.json"
     meta = ShardReader(paths.shards).load(members=()).meta
     splits, _ = load_or_make_splits(splits_path, meta, ft.fractions, ft.split_seed)
+    io = {
+        "shards": str(paths.shards),
+        "out": str(paths.downstream),
+        "adaptor": str(paths.adaptor),
+        **ft.model_dump(include=set(GridOptions.model_fields)),
+    }
     cells = []
     if "classification" in ft.tasks:
         log(f"[finetune] classification heads -> {paths.downstream}")
-        classification = ClassificationConfig(
-            shards=str(paths.shards),
-            out=str(paths.downstream),
-            adaptor=str(paths.adaptor),
-            fractions=ft.fractions,
-            seeds=ft.seeds,
-            heads=ft.heads,
-            labels=ft.labels,
-            kind=ft.kind,
-            uncertain=ft.uncertain,
-            max_epochs=ft.max_epochs,
-            workers=ft.workers,
-            address=ft.address,
-        )
+        classification = ClassificationConfig(**io, **ft.classification.model_dump())
         cells += finetune_classification(
             classification, splits, splits_path=splits_path, progress=progress, log=log
         )
@@ -164,16 +157,7 @@ def stage_finetune(
         from adaptor.downstream.segmentation import SegmentationConfig, finetune_segmentation
 
         log(f"[finetune] segmentation decoders -> {paths.downstream}")
-        segmentation = SegmentationConfig(
-            shards=str(paths.shards),
-            out=str(paths.downstream),
-            adaptor=str(paths.adaptor),
-            fractions=ft.fractions,
-            seeds=ft.seeds,
-            workers=ft.workers,
-            address=ft.address,
-            **ft.segmentation.model_dump(),
-        )
+        segmentation = SegmentationConfig(**io, **ft.segmentation.model_dump())
         cells += finetune_segmentation(segmentation, splits, progress=progress, log=log)
     results_md = merge_results(paths.downstream, cells, notes=splits.warnings)
     log(f"[finetune] results in {results_md}")
@@ -190,8 +174,7 @@ def stage_index(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = 
         paths.shards,
         paths.adaptor,
         paths.index,
-        factory=cfg.index.factory,
-        target_recall=cfg.index.target_recall,
+        **cfg.index.model_dump(),
         progress=progress,
         log=log,
     )

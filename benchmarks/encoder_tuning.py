@@ -63,7 +63,7 @@ def build_step(case: dict, method: str, options: dict, checkpointing: bool) -> t
     Returns ``(step, modules, report)``, or ``(None, None, why)`` where the method does not
     apply to the encoder.
     """
-    from adaptor.downstream.tuning import ENCODER_LR
+    from adaptor.config.downstream import ENCODER_LR
     from adaptor.encoders import build_image_encoder, build_text_encoder
     from adaptor.heads.classification import build_head, masked_bce_loss
     from adaptor.peft import TuningError, apply_tuning
@@ -227,7 +227,7 @@ def downstream(
         cfg = TuneConfig(
             shards=str(shards), out=str(tmp / f"res-{side}"), methods=methods, encoder=side,
             fractions=[0.01, 0.1, 1.0], seeds=[0], epochs=epochs, batch_size=16,
-            image_size=image_size,
+            image_size=image_size, heads=["linear"],
         )  # fmt: skip
         started = time.perf_counter()
         cells = finetune_tuned(cfg, splits, progress=False, log=lambda _: None)

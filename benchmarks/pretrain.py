@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from adaptor.config import PretrainOptions  # noqa: E402
 from adaptor.data.image_io import load_image  # noqa: E402
 from adaptor.data.sources import open_source  # noqa: E402
 from adaptor.data.synthetic import generate_synthetic  # noqa: E402
@@ -39,9 +40,12 @@ BATCH = 64
 
 
 def _model() -> tuple[Adaptor, torch.optim.Optimizer, ClipLoss]:
+    """The Adaptor, optimiser and loss of a default pretraining run."""
     torch.manual_seed(0)
-    model = Adaptor(AdaptorConfig(image_dim=1280, text_dim=384))
-    return model, torch.optim.AdamW(model.parameters(), lr=5e-4), ClipLoss()
+    options = PretrainOptions()
+    model = Adaptor(AdaptorConfig(image_dim=1280, text_dim=384, **options.model.model_dump()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr)
+    return model, optimizer, ClipLoss(t2i_weight=options.t2i_weight)
 
 
 def _step(

@@ -13,40 +13,40 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any, Literal
 
 import typer
+from pydantic import Field
 
-from adaptor.cli.app import friendly_errors
-from adaptor.config import RunConfig, load_config
-from adaptor.errors import AdaptorError
+from adaptor.config import Options, RunConfig, load_config
+from adaptor.config.cli import model_options
+from adaptor.errors import AdaptorError, friendly_errors
 
 CONFIGS = Path(__file__).parent / "configs"
 
-ConfigOption = Annotated[
-    Path,
-    typer.Option(
-        "--config",
-        help="YAML run config (pipelines/configs/default.yaml: the embedded default flow)",
-    ),
-]
-OutOption = Annotated[
-    Path,
-    typer.Option(
-        "--out",
-        help="output root, on storage every Ray node sees at the same path; absolute inside a "
-        "Ray job (its working directory is a temporary copy)",
-    ),
-]
-AddressOption = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="HOST:PORT of a running Ray head; default: the cluster a `ray job submit` job "
-        "runs on, else a local Ray",
-    ),
-]
-ProgressOption = Annotated[bool, typer.Option(help="show progress bars")]
+
+class JobOptions(Options):
+    """What every batch job takes on its command line (the rest is in the config)."""
+
+    config: Path = Field(
+        description="YAML run config (pipelines/configs/default.yaml: the embedded default flow)"
+    )
+    out: Path = Field(
+        Path("data_shards"),
+        description="output root, on storage every Ray node sees at the same path; absolute "
+        "inside a Ray job (its working directory is a temporary copy)",
+    )
+    progress: bool = Field(True, description="show progress bars")
+
+
+class ClusterJobOptions(JobOptions):
+    """A job that runs on Ray, and where."""
+
+    address: str | None = Field(
+        None,
+        description="HOST:PORT of a running Ray head; default: the config's pretrain.address, "
+        "else the cluster a `ray job submit` job runs on, else a local Ray",
+    )
 
 
 class JobError(AdaptorError, ValueError):
@@ -68,11 +68,22 @@ class Job:
         start_ray(self.address)
 
 
-def open_job(config: Path, out: Path, address: str | None) -> Job:
-    """Load the config and check OUT; nothing is written but OUT itself, Ray is not started."""
-    cfg = load_config(config)
-    out = _output_root(out)
-    address = address or cfg.pretrain.address or os.environ.get("RAY_ADDRESS") or None
+def open_job(options: JobOptions, *, after: Literal["embed", "pretrain"] | None = None) -> Job:
+    """Load the config, check OUT and the job's inputs: the config's source and encoders, or
+    what the job ``after`` names left under OUT for the same config (``embed``: the shards;
+    ``pretrain``: the shards and the Adaptor). Nothing is written but OUT itself, and Ray is
+    not started: every check fails before any work."""
+    cfg = load_config(options.config)
+    out = _output_root(options.out)
+    if after is None:
+        _check_source(cfg)
+        _check_encoders(cfg)
+    else:
+        _require_shards(cfg, out)
+    if after == "pretrain":
+        _require_adaptor(cfg, out)
+    given = options.address if isinstance(options, ClusterJobOptions) else None
+    address = given or cfg.pretrain.address or os.environ.get("RAY_ADDRESS") or None
     cfg = cfg.model_copy(
         update={
             "pretrain": cfg.pretrain.model_copy(update={"address": address}),
@@ -82,7 +93,7 @@ def open_job(config: Path, out: Path, address: str | None) -> Job:
     return Job(cfg=cfg, out=out, address=address)
 
 
-def check_source(cfg: RunConfig) -> None:
+def _check_source(cfg: RunConfig) -> None:
     """Open the config's source (when it names one), so a missing one fails before any work."""
     if cfg.source is not None:
         from adaptor.data.sources import open_source
@@ -90,7 +101,7 @@ def check_source(cfg: RunConfig) -> None:
         open_source(cfg.source)
 
 
-def check_encoders(cfg: RunConfig) -> None:
+def _check_encoders(cfg: RunConfig) -> None:
     """Build the config's encoders once on CPU, so an unknown name fails before any work."""
     from adaptor.encoders import build_image_encoder, build_text_encoder
 
@@ -98,7 +109,7 @@ def check_encoders(cfg: RunConfig) -> None:
     build_text_encoder(cfg.embed.text_encoder)
 
 
-def require_shards(cfg: RunConfig, out: Path) -> Path:
+def _require_shards(cfg: RunConfig, out: Path) -> Path:
     """The shard folder of ``cfg`` under ``out``; raise JobError if the embed job has not run."""
     from adaptor.run import flow_paths
     from adaptor.shards.manifest import Manifest
@@ -112,7 +123,7 @@ def require_shards(cfg: RunConfig, out: Path) -> Path:
     return shards
 
 
-def require_adaptor(cfg: RunConfig, out: Path) -> Path:
+def _require_adaptor(cfg: RunConfig, out: Path) -> Path:
     """The trained Adaptor of ``cfg`` under ``out``; raise JobError if pretraining has not run."""
     from adaptor.run import flow_paths
 
@@ -126,9 +137,10 @@ def require_adaptor(cfg: RunConfig, out: Path) -> Path:
 
 
 def job_app(main: Callable[..., Any]) -> typer.Typer:
-    """A one-command CLI around ``main``; expected failures print ``error: …`` and exit 2."""
+    """A one-command CLI around ``main``, its config-model parameters made options
+    (:mod:`adaptor.config.cli`); expected failures print ``error: …`` and exit 2."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(friendly_errors(main))
+    app.command()(friendly_errors(model_options(main)))
     return app
 
 

@@ -11,41 +11,14 @@ resubmitted job keeps the finished shards::
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
+from adaptor.config import ActorOptions
 from adaptor.embed import EmbedResult
-from pipelines.common import (
-    AddressOption,
-    ConfigOption,
-    Job,
-    OutOption,
-    ProgressOption,
-    check_encoders,
-    check_source,
-    open_job,
-    run_job,
-)
-
-ActorsOption = Annotated[
-    int | None,
-    typer.Option(min=1, help="encoder actors; default: one per GPU, else one per CPU slot"),
-]
-CpusPerActorOption = Annotated[
-    int,
-    typer.Option(
-        min=1,
-        help="CPUs (torch threads) per CPU actor; shards are byte-identical to a local "
-        "`adaptor embed` when this equals that machine's thread count",
-    ),
-]
+from pipelines.common import ClusterJobOptions, Job, open_job, run_job
 
 
-def embed_stage(
-    job: Job, *, actors: int | None, cpus_per_actor: int, progress: bool
-) -> EmbedResult:
+def embed_stage(job: Job, placement: ActorOptions, *, progress: bool) -> EmbedResult:
     """Run (or resume) the config's embed stage with Ray actors; return its summary."""
     from adaptor.embed import EmbedConfig
     from adaptor.embed.actors import embed_on_ray
@@ -58,8 +31,7 @@ def embed_stage(
     result = embed_on_ray(
         EmbedConfig(source=source, out=shards, progress=progress, **cfg.embed.model_dump()),
         address=job.address,
-        actors=actors,
-        cpus_per_actor=cpus_per_actor,
+        placement=placement,
         log=typer.echo,
     )
     typer.echo(
@@ -70,20 +42,17 @@ def embed_stage(
     return result
 
 
-def main(
-    config: ConfigOption,
-    out: OutOption = Path("data_shards"),
-    address: AddressOption = None,
-    actors: ActorsOption = None,
-    cpus_per_actor: CpusPerActorOption = 1,
-    progress: ProgressOption = True,
-) -> None:
-    """Embed the config's source with frozen encoders into WebDataset shards, on Ray actors."""
-    job = open_job(config, out, address)
-    check_source(job.cfg)
-    check_encoders(job.cfg)
+def embed_job(options: ClusterJobOptions, placement: ActorOptions) -> Job:
+    """Check the config's source and encoders, join the cluster, embed; return the job."""
+    job = open_job(options)
     job.connect()
-    embed_stage(job, actors=actors, cpus_per_actor=cpus_per_actor, progress=progress)
+    embed_stage(job, placement, progress=options.progress)
+    return job
+
+
+def main(options: ClusterJobOptions, placement: ActorOptions) -> None:
+    """Embed the config's source with frozen encoders into WebDataset shards, on Ray actors."""
+    embed_job(options, placement)
 
 
 if __name__ == "__main__":

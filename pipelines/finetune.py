@@ -10,36 +10,18 @@ writes ``OUT/runs/<dataset>/downstream/`` (splits, results.json/md, plots) as
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from pipelines.common import (
-    AddressOption,
-    ConfigOption,
-    OutOption,
-    ProgressOption,
-    open_job,
-    require_adaptor,
-    require_shards,
-    run_job,
-)
+from pipelines.common import ClusterJobOptions, open_job, run_job
 
 
-def main(
-    config: ConfigOption,
-    out: OutOption = Path("data_shards"),
-    address: AddressOption = None,
-    progress: ProgressOption = True,
-) -> None:
+def main(options: ClusterJobOptions) -> None:
     """Train downstream heads from nested label fractions; print the results table."""
     from adaptor.run import stage_finetune
 
-    job = open_job(config, out, address)
-    require_shards(job.cfg, job.out)
-    require_adaptor(job.cfg, job.out)
+    job = open_job(options, after="pretrain")
     job.connect()
-    results_md = stage_finetune(job.cfg, job.out, progress=progress, log=typer.echo)
+    results_md = stage_finetune(job.cfg, job.out, progress=options.progress, log=typer.echo)
     if results_md is None:
         typer.echo("finetune.tasks is empty in the config: nothing to do")
     else:

@@ -9,33 +9,17 @@ writes ``OUT/runs/<dataset>/index/`` as ``adaptor run`` does::
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from pipelines.common import (
-    ConfigOption,
-    OutOption,
-    ProgressOption,
-    open_job,
-    require_adaptor,
-    require_shards,
-    run_job,
-)
+from pipelines.common import JobOptions, open_job, run_job
 
 
-def main(
-    config: ConfigOption,
-    out: OutOption = Path("data_shards"),
-    progress: ProgressOption = True,
-) -> None:
+def main(options: JobOptions) -> None:
     """Build (or reuse) the retrieval index of the config's shards with the trained Adaptor."""
     from adaptor.run import stage_index
 
-    job = open_job(config, out, None)
-    require_shards(job.cfg, job.out)
-    require_adaptor(job.cfg, job.out)
-    stage_index(job.cfg, job.out, progress=progress, log=typer.echo)
+    job = open_job(options, after="pretrain")
+    stage_index(job.cfg, job.out, progress=options.progress, log=typer.echo)
 
 
 if __name__ == "__main__":

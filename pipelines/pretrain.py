@@ -11,34 +11,18 @@ of Ray Train workers (the loss gathers the global batch across them)::
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from pipelines.common import (
-    AddressOption,
-    ConfigOption,
-    OutOption,
-    ProgressOption,
-    open_job,
-    require_shards,
-    run_job,
-)
+from pipelines.common import ClusterJobOptions, open_job, run_job
 
 
-def main(
-    config: ConfigOption,
-    out: OutOption = Path("data_shards"),
-    address: AddressOption = None,
-    progress: ProgressOption = True,
-) -> None:
+def main(options: ClusterJobOptions) -> None:
     """Pretrain the Adaptor on the config's embedding shards (contrastive, under Ray Train)."""
     from adaptor.run import stage_pretrain
 
-    job = open_job(config, out, address)
-    require_shards(job.cfg, job.out)
+    job = open_job(options, after="embed")
     job.connect()
-    result = stage_pretrain(job.cfg, job.out, progress=progress, log=typer.echo)
+    result = stage_pretrain(job.cfg, job.out, progress=options.progress, log=typer.echo)
     typer.echo(f"Adaptor saved to {result.adaptor_dir}")
 
 

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from adaptor.config import ActorOptions
 from adaptor.data.sources import SourceError
 from adaptor.embed import EmbedConfig, EmbedError, embed
 from adaptor.embed.actors import embed_on_ray, split_shards
@@ -199,7 +200,9 @@ def test_actors_write_the_shards_of_a_local_embed_then_resume(
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / "ray"
-    result = embed_on_ray(_embed_cfg(synthetic_dir, out), address=head.address, actors=2)
+    result = embed_on_ray(
+        _embed_cfg(synthetic_dir, out), address=head.address, placement=ActorOptions(actors=2)
+    )
     assert (result.count, result.shards_written, result.shards_reused) == (40, 4, 0)
     ours, theirs = Manifest.load(out), Manifest.load(tmp_path / "local")
     assert [s.sha256 for s in ours.shards] == [s.sha256 for s in theirs.shards]
@@ -210,7 +213,9 @@ def test_actors_write_the_shards_of_a_local_embed_then_resume(
     lost.unlink()
     (out / f"{ours.shards[3].name}.999.partial").write_bytes(b"cut short")
     kept = {s.name: (out / s.name).stat().st_mtime_ns for s in ours.shards if s.index != 2}
-    again = embed_on_ray(_embed_cfg(synthetic_dir, out), address=head.address, actors=2)
+    again = embed_on_ray(
+        _embed_cfg(synthetic_dir, out), address=head.address, placement=ActorOptions(actors=2)
+    )
     assert (again.shards_written, again.shards_reused, again.count) == (1, 3, 40)
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
     assert Manifest.load(out).shards == ours.shards  # the redone shard has the same bytes
@@ -268,7 +273,7 @@ def test_jobs_on_a_cluster_match_the_local_command(head: Head, tmp_path: Path) -
                 "dataset": "synthetic",
                 "synth": {"n": 40, "seed": 7, "size": 224},
                 "embed": {"shard_size": 2, "loader_workers": 0, "batch_size": 8},
-                "pretrain": {"epochs": 2, "batch_size": 8, "width": 32},
+                "pretrain": {"epochs": 2, "batch_size": 8, "model": {"width": 32}},
                 "finetune": {"tasks": []},
             }
         )

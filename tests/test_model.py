@@ -17,7 +17,7 @@ from adaptor.model import Adaptor, AdaptorConfig, ClipLoss, clip_loss
 # -- clip_loss -------------------------------------------------------------------------
 
 
-def _reference_loss(image: list, text: list, scale: float, image_weight: float) -> float:
+def _reference_loss(image: list, text: list, scale: float, t2i_weight: float) -> float:
     """Weighted symmetric InfoNCE in plain Python: rows = images, columns = texts."""
     n = len(image)
     logits = [[scale * sum(a * b for a, b in zip(i, t, strict=True)) for t in text] for i in image]
@@ -27,7 +27,7 @@ def _reference_loss(image: list, text: list, scale: float, image_weight: float) 
 
     i2t = ce(logits) / n
     t2i = ce([[logits[r][c] for r in range(n)] for c in range(n)]) / n
-    return image_weight * i2t + (1 - image_weight) * t2i
+    return (1 - t2i_weight) * i2t + t2i_weight * t2i
 
 
 def test_clip_loss_hand_computed_2x2() -> None:
@@ -42,10 +42,10 @@ def test_clip_loss_hand_computed_2x2() -> None:
     ) / 2
     scale = torch.tensor(math.log(10.0))
 
-    # Default: 0.75 on text→image, as the reference (t2i_weight).
-    assert clip_loss(image, text, scale).item() == pytest.approx(0.25 * i2t + 0.75 * t2i, rel=1e-6)
-    assert clip_loss(image, text, scale, image_weight=1.0).item() == pytest.approx(i2t, rel=1e-6)
-    assert clip_loss(image, text, scale, image_weight=0.0).item() == pytest.approx(t2i, rel=1e-6)
+    got = clip_loss(image, text, scale, t2i_weight=0.75).item()
+    assert got == pytest.approx(0.25 * i2t + 0.75 * t2i, rel=1e-6)
+    assert clip_loss(image, text, scale, t2i_weight=0.0).item() == pytest.approx(i2t, rel=1e-6)
+    assert clip_loss(image, text, scale, t2i_weight=1.0).item() == pytest.approx(t2i, rel=1e-6)
     # Asymmetric case, so the direction the weight applies to matters.
     assert i2t != pytest.approx(t2i)
 
@@ -54,12 +54,14 @@ def test_clip_loss_matches_plain_python_3x3() -> None:
     gen = torch.Generator().manual_seed(0)
     image = F.normalize(torch.randn(3, 4, generator=gen, dtype=torch.float64), dim=-1)
     text = F.normalize(torch.randn(3, 4, generator=gen, dtype=torch.float64), dim=-1)
-    for log_scale, weight in [(math.log(1 / 0.07), 0.75), (0.0, 0.3), (math.log(100), 1.0)]:
-        got = clip_loss(image, text, torch.tensor(log_scale, dtype=torch.float64), weight)
+    for log_scale, weight in [(math.log(1 / 0.07), 0.25), (0.0, 0.7), (math.log(100), 0.0)]:
+        scale = torch.tensor(log_scale, dtype=torch.float64)
+        got = clip_loss(image, text, scale, t2i_weight=weight)
         want = _reference_loss(image.tolist(), text.tolist(), math.exp(log_scale), weight)
         assert got.item() == pytest.approx(want, rel=1e-12)
     pure_i2t = F.cross_entropy(10.0 * image @ text.T, torch.arange(3))
-    assert torch.allclose(clip_loss(image, text, torch.tensor(math.log(10.0)), 1.0), pure_i2t)
+    scale = torch.tensor(math.log(10.0))
+    assert torch.allclose(clip_loss(image, text, scale, t2i_weight=0.0), pure_i2t)
 
 
 # -- Adaptor ---------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def _loss_and_grads(
 ) -> torch.Tensor:
     image = F.normalize(model["image"](x_img), dim=-1)
     text = F.normalize(model["text"](x_txt), dim=-1)
-    loss = ClipLoss(image_weight=0.75)(image, text, model.scale)
+    loss = ClipLoss(t2i_weight=0.25)(image, text, model.scale)
     loss.backward()
     return loss.detach()
 

@@ -411,7 +411,7 @@ def test_fusion_adapters_in_the_adaptor_cross_attention_layers() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
         out = model(image, text)
-        loss = clip_loss(out.image, out.text, out.logit_scale)
+        loss = clip_loss(out.image, out.text, out.logit_scale, t2i_weight=0.25)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

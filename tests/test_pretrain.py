@@ -42,8 +42,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _cfg(shards: Path, out: Path, **kw: object) -> PretrainConfig:
-    defaults = dict(epochs=2, batch_size=16, width=64, heads=4, ffn_hidden=128, max_failures=0)
+def _cfg(shards: Path, out: Path, model: dict | None = None, **kw: object) -> PretrainConfig:
+    shape = {"width": 64, "heads": 4, "ffn_hidden": 128, **(model or {})}
+    defaults = dict(epochs=2, batch_size=16, max_failures=0, model=shape)
     defaults.update(kw)
     return PretrainConfig(shards=str(shards), out=str(out), **defaults)  # type: ignore[arg-type]
 
@@ -179,8 +180,8 @@ def test_kill_9_mid_run_then_rerun_resumes(shards: Path, tmp_path: Path) -> None
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
     with pytest.raises(PretrainError, match="another Adaptor configuration"):
-        pretrain(_cfg(shards, run, epochs=len(done) + 1, width=64), progress=False)
-    same = _cfg(shards, run, epochs=len(done) + 1, width=64, heads=8, ffn_hidden=2048)
+        pretrain(_cfg(shards, run, epochs=len(done) + 1), progress=False)
+    same = _cfg(shards, run, {"heads": 8, "ffn_hidden": 2048}, epochs=len(done) + 1)
     result = pretrain(same, progress=False)
     # resumed from a checkpoint, not from zero: at most the epoch in flight at the kill is redone
     resumed = result.metrics["resumed_at_steps"]

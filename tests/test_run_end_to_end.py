@@ -15,12 +15,11 @@ from adaptor.cli import app
 TINY = {
     "synth": {"n": 80, "size": 224},
     "embed": {"batch_size": 16, "shard_size": 40, "loader_workers": 0},
-    "pretrain": {"epochs": 2, "batch_size": 16, "width": 32},
+    "pretrain": {"epochs": 2, "batch_size": 16, "model": {"width": 32}},
     "finetune": {
         "fractions": [0.25, 1.0],
         "seeds": [0, 1],
-        "heads": ["linear"],
-        "max_epochs": 5,
+        "classification": {"heads": ["linear"], "max_epochs": 5},
         "segmentation": {"image_size": 64, "steps": 4},
     },
 }

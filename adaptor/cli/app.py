@@ -1,15 +1,13 @@
-"""The Typer application every command module registers on, and its error handling."""
+"""The Typer application every command module registers on, and the path options they share
+(every other option comes from a model of :mod:`adaptor.config`)."""
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated
 
 import typer
-
-from adaptor.errors import AdaptorError
 
 # Offline by default: hub names fail fast instead of hanging for tens of seconds.
 # Users with a network opt in with HF_HUB_OFFLINE=0.
@@ -27,23 +25,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn expected failures into one clear line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            typer.echo(
-                "interrupted: finished outputs are kept; rerun the same command to resume", err=True
-            )
-            raise typer.Exit(130) from None
-        except (AdaptorError, FileNotFoundError, ValueError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+Shards = Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")]
+AdaptorDir = Annotated[
+    Path | None,
+    typer.Option("--adaptor", help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)"),
+]
+Progress = Annotated[bool, typer.Option(help="show progress bars")]

@@ -1,4 +1,8 @@
-"""Commands of the pretraining flow: synth, embed, pretrain, encoders, run."""
+"""Commands of the pretraining flow: synth, embed, pretrain, encoders, run, config.
+
+Their options come from the stage models of :mod:`adaptor.config` (one option per field,
+same default as the YAML of ``adaptor run``); only paths and ``--progress`` are declared here.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,35 @@ from typing import Annotated
 
 import typer
 
-from adaptor.cli.app import app, friendly_errors
-from adaptor.config import load_config
+from adaptor.cli.app import Progress, Shards, app
+from adaptor.config import (
+    ActorOptions,
+    EmbedOptions,
+    PretrainOptions,
+    SynthOptions,
+    load_config,
+    to_yaml,
+)
+from adaptor.config.cli import model_options
 from adaptor.data.sources import source_kinds
+from adaptor.errors import friendly_errors
+
+Config = Annotated[Path | None, typer.Option(help="YAML config; omitted: the embedded default")]
 
 
 @app.command()
 @friendly_errors
+@model_options
 def synth(
     out: Annotated[
         Path, typer.Option(help="folder to write records.jsonl, images/ and masks/ into")
     ],
-    n: Annotated[int, typer.Option(help="number of records")] = 2000,
-    seed: Annotated[
-        int, typer.Option(help="random seed; the same seed gives byte-identical output")
-    ] = 0,
-    size: Annotated[int, typer.Option(help="image side in pixels (224–512)")] = 256,
+    options: SynthOptions,
 ) -> None:
     """Write a synthetic paired chest-radiograph set: images, reports, labels, masks, splits."""
     from adaptor.data.synthetic import generate_synthetic
 
-    records = generate_synthetic(out, n=n, seed=seed, size=size)
+    records = generate_synthetic(out, n=options.n, seed=options.seed, size=options.size)
     typer.echo(f"wrote {len(records)} records to {out / 'records.jsonl'}")
 
 
@@ -39,43 +51,15 @@ def _encoder_help() -> str:
 
 @app.command()
 @friendly_errors
+@model_options
 def embed(
     source: Annotated[
         str,
         typer.Option(help=f"records to embed, as KIND:PATH; kinds: {', '.join(source_kinds())}"),
     ],
     out: Annotated[Path, typer.Option(help="shard folder to write (a rerun resumes it)")],
-    image_encoder: Annotated[
-        str, typer.Option(help="image encoder name (see `adaptor encoders`)")
-    ] = "efficientnet-lite0",
-    text_encoder: Annotated[
-        str, typer.Option(help="text encoder name (see `adaptor encoders`)")
-    ] = "all-minilm-l6-v2",
-    batch_size: Annotated[int, typer.Option(min=1, help="records per encoder forward pass")] = 32,
-    shard_size: Annotated[
-        int, typer.Option(min=1, help="records per shard (by position in the source)")
-    ] = 500,
-    loader_workers: Annotated[
-        int, typer.Option(min=0, help="processes decoding images beside the encoders")
-    ] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-    strict: Annotated[
-        bool, typer.Option(help="stop at the first bad record instead of skipping it")
-    ] = False,
-    allow_empty_reports: Annotated[
-        bool,
-        typer.Option(
-            help="keep records whose report is empty (image-only layouts such as chexpert "
-            "keep them without it)"
-        ),
-    ] = False,
-    patch_tokens: Annotated[
-        bool, typer.Option(help="also store the image encoder's patch tokens")
-    ] = False,
-    text_states: Annotated[
-        bool, typer.Option(help="also store the text encoder's token states")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    options: EmbedOptions,
+    placement: ActorOptions,
     address: Annotated[
         str | None,
         typer.Option(
@@ -83,52 +67,28 @@ def embed(
             "(OUT must be storage every node sees); default: embed in this process"
         ),
     ] = None,
-    actors: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="with --address: encoder actors (default one per GPU or CPU slot)"
-        ),
-    ] = None,
-    cpus_per_actor: Annotated[
-        int, typer.Option(min=1, help="with --address: CPUs (torch threads) per CPU actor")
-    ] = 1,
+    progress: Progress = True,
 ) -> None:
     """Run the frozen encoders over a source and write WebDataset embedding shards.
 
     Bad records are reported, skipped and listed in manifest.json; a run that keeps
     no record at all is an error. A killed job, rerun with the same command, keeps its
     finished shards and does the rest.
-    With --address the shards are shared out to encoder actors on a Ray cluster;
-    they write the same shards as a local run.
+    With --address the shards are shared out to encoder actors on a Ray cluster
+    (--actors, --cpus-per-actor); they write the same shards as a local run.
     """
     from adaptor.embed import EmbedConfig
     from adaptor.embed import embed as run_embed
 
-    if address is None and actors is not None:
+    if address is None and placement.actors is not None:
         raise typer.BadParameter("--actors needs --address (a Ray cluster to run them on)")
-    job = EmbedConfig(
-        source=source,
-        out=out,
-        image_encoder=image_encoder,
-        text_encoder=text_encoder,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        loader_workers=loader_workers,
-        device=device,
-        strict=strict,
-        allow_empty_reports=allow_empty_reports,
-        patch_tokens=patch_tokens,
-        text_states=text_states,
-        progress=progress,
-    )
+    job = EmbedConfig(source=source, out=out, progress=progress, **options.model_dump())
     if address is None:
         result = run_embed(job)
     else:
         from adaptor.embed.actors import embed_on_ray
 
-        result = embed_on_ray(
-            job, address=address, actors=actors, cpus_per_actor=cpus_per_actor, log=typer.echo
-        )
+        result = embed_on_ray(job, address=address, placement=placement, log=typer.echo)
     typer.echo(
         f"{result.count} samples in {out} ({result.shards_written} shards written, "
         f"{result.shards_reused} reused); {len(result.skipped)} skipped; "
@@ -138,54 +98,23 @@ def embed(
 
 @app.command()
 @friendly_errors
+@model_options
 def pretrain(
-    shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
+    shards: Shards,
     out: Annotated[Path, typer.Option(help="run folder; rerunning the same command resumes it")],
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    batch_size: Annotated[
-        int, typer.Option(min=2, help="pairs per worker per step (negatives: the global batch)")
-    ] = 128,
-    workers: Annotated[
-        int,
-        typer.Option(min=1, help="Ray Train workers; each reads a disjoint share of the shards"),
-    ] = 1,
-    address: Annotated[
-        str | None, typer.Option(help="HOST:PORT of a running Ray head; default: a local Ray")
-    ] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine or linear decay after warmup")] = "cosine",
-    width: Annotated[int, typer.Option(help="shared embedding width")] = 512,
-    layers: Annotated[int, typer.Option(help="cross-attention layers")] = 1,
-    checkpoint_every_steps: Annotated[
-        int, typer.Option(help="extra checkpoints every N steps (0: per epoch only)")
-    ] = 0,
+    options: PretrainOptions,
 ) -> None:
     """Train the cross-attention Adaptor on cached embeddings with a CLIP loss, under Ray Train.
 
     Writes RUN/adaptor/ (best weights), RUN/metrics.jsonl (one line per epoch),
     RUN/metrics.json and RUN/curves.png. A crash or kill, then the same command,
-    resumes from the newest checkpoint.
+    resumes from the newest checkpoint. The Adaptor's shape (--width … --wiring) is
+    `pretrain.model` in the YAML of `adaptor run`.
     """
     from adaptor.pretrain import PretrainConfig, describe
     from adaptor.pretrain import pretrain as run_pretrain
 
-    result = run_pretrain(
-        PretrainConfig(
-            shards=str(shards),
-            out=str(out),
-            epochs=epochs,
-            batch_size=batch_size,
-            workers=workers,
-            address=address,
-            seed=seed,
-            lr=lr,
-            schedule=schedule,
-            width=width,
-            layers=layers,
-            checkpoint_every_steps=checkpoint_every_steps,
-        )
-    )
+    result = run_pretrain(PretrainConfig(shards=str(shards), out=str(out), **options.model_dump()))
     typer.echo(describe(result.metrics))
     typer.echo(f"Adaptor saved to {result.adaptor_dir}")
 
@@ -200,10 +129,8 @@ def encoders() -> None:
 @friendly_errors
 def run(
     out: Annotated[Path, typer.Option(help="output root for every stage")] = Path("data_shards"),
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config; omitted: the embedded default")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    config: Config = None,
+    progress: Progress = True,
 ) -> None:
     """Run every stage end to end (synth → embed → pretrain → finetune → index), resuming what
     is done, and print the results table and example searches."""
@@ -221,3 +148,20 @@ def run(
         f"\ndone: shards in {result.paths.shards}, Adaptor in {result.pretrain.adaptor_dir}, "
         f"downstream results in {result.paths.downstream}, index in {result.paths.index}"
     )
+
+
+@app.command("config")
+@friendly_errors
+def config_command(
+    config: Config = None,
+    show: Annotated[
+        bool, typer.Option(help="print the effective configuration, every default filled in")
+    ] = False,
+) -> None:
+    """Check a YAML config of `adaptor run` (and the batch jobs); --show prints it in full.
+
+    Every key is optional; --show writes each with its value and what it means, so its
+    output is a complete config to start from.
+    """
+    cfg = load_config(config)
+    typer.echo(to_yaml(cfg) if show else f"{config or 'the embedded default'}: valid")

@@ -1,4 +1,8 @@
-"""Commands of the retrieval flow: index, search, serve."""
+"""Commands of the retrieval flow: index, search, serve.
+
+``index`` and ``serve`` take their options from :class:`~adaptor.config.IndexOptions` and
+:class:`~adaptor.config.ServeOptions`; ``search`` takes a query, not a configuration.
+"""
 
 from __future__ import annotations
 
@@ -8,37 +12,24 @@ from typing import Annotated
 
 import typer
 
-from adaptor.cli.app import app, friendly_errors
+from adaptor.cli.app import Progress, Shards, app
+from adaptor.config import IndexOptions, ServeOptions
+from adaptor.config.cli import Converted, model_options
+from adaptor.config.retrieval import MIB
+from adaptor.errors import friendly_errors
 
 
 @app.command()
 @friendly_errors
+@model_options
 def index(
-    shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
+    shards: Shards,
     adaptor: Annotated[
         Path, typer.Option(help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)")
     ],
     out: Annotated[Path, typer.Option(help="index folder to write (a rerun is a no-op)")],
-    factory: Annotated[
-        str | None,
-        typer.Option(
-            help="FAISS factory string, e.g. Flat, HNSW32,Flat, IVF1024,Flat, IVF4096,PQ64; "
-            "default: exact Flat up to 100k records, HNSW32,Flat above"
-        ),
-    ] = None,
-    target_recall: Annotated[
-        float,
-        typer.Option(
-            min=0.01, max=1.0, help="approximate indexes: tune efSearch/nprobe to this recall@10"
-        ),
-    ] = 0.95,
-    split: Annotated[
-        str | None, typer.Option(help="index only this split (train, val, test)")
-    ] = None,
-    thumbnails: Annotated[
-        bool, typer.Option(help="store a small JPEG of every indexed image for the search page")
-    ] = True,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    options: IndexOptions,
+    progress: Progress = True,
 ) -> None:
     """Project every record through the Adaptor and build FAISS indexes (image and report side).
 
@@ -49,15 +40,7 @@ def index(
     from adaptor.retrieval import build_index
 
     info = build_index(
-        shards,
-        adaptor,
-        out,
-        factory=factory,
-        target_recall=target_recall,
-        split=split,
-        thumbnails=thumbnails,
-        progress=progress,
-        log=typer.echo,
+        shards, adaptor, out, **options.model_dump(), progress=progress, log=typer.echo
     )
     sides = ", ".join(
         f"{side}: {s.count}"
@@ -110,34 +93,21 @@ def search(
         typer.echo(format_hits(hits, title=what))
 
 
+MAX_UPLOAD_MB = Converted(
+    name="max_upload_mb",
+    type=float,
+    to_field=lambda mb: int(mb * MIB),
+    from_field=lambda size: size / MIB,
+    help="largest image upload, in MiB",
+)
+
+
 @app.command()
 @friendly_errors
+@model_options(converted={"max_upload_bytes": MAX_UPLOAD_MB})
 def serve(
     index: Annotated[Path, typer.Option(help="index folder made by `adaptor index`")],
-    host: Annotated[
-        str, typer.Option(help="address to bind; the default only answers this machine")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    max_k: Annotated[int, typer.Option(min=1, help="largest k a request may ask for")] = 100,
-    max_text_chars: Annotated[
-        int, typer.Option(min=1, help="longest query text, in characters")
-    ] = 2000,
-    max_upload_mb: Annotated[
-        float, typer.Option(min=0.001, help="largest image upload, in MiB")
-    ] = 20.0,
-    max_image_side: Annotated[
-        int, typer.Option(min=1, help="largest uploaded image side, in pixels")
-    ] = 8192,
-    max_batch: Annotated[
-        int, typer.Option(min=1, help="most concurrent queries run through the encoders at once")
-    ] = 32,
-    api_key_env: Annotated[
-        str,
-        typer.Option(
-            help="environment variable holding the API key; when it is set, requests must send "
-            "the key in the X-API-Key header"
-        ),
-    ] = "ADAPTOR_API_KEY",
+    options: ServeOptions,
 ) -> None:
     """Serve an index over HTTP (FastAPI + uvicorn) with a search page at /.
 
@@ -145,14 +115,12 @@ def serve(
     GET /thumbnails/{id}, GET /health, GET /stats; the OpenAPI schema is at /openapi.json
     and interactive docs at /docs. Encoders, Adaptor and index load once at start.
     """
-    from adaptor.retrieval.service import ServiceLimits
     from adaptor.retrieval.service import serve as run_service
 
-    limits = ServiceLimits(
-        max_k=max_k,
-        max_text_chars=max_text_chars,
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        max_image_side=max_image_side,
-        max_batch=max_batch,
+    run_service(
+        index,
+        host=options.host,
+        port=options.port,
+        limits=options.limits,
+        api_key_env=options.api_key_env,
     )
-    run_service(index, host=host, port=port, limits=limits, api_key_env=api_key_env)

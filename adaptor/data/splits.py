@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from adaptor.atomic import atomic_write_json
+from adaptor.config.downstream import GridOptions, SplitOptions
 from adaptor.data.sources.base import patient_fraction
 from adaptor.errors import AdaptorError
 
-DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+_GRID, _SPLIT = GridOptions(), SplitOptions()  # the defaults of what draws the splits
 VAL_CARVE_FRACTION = 0.1  # share of the train patients carved into val where there is no val
 
 
@@ -160,8 +161,8 @@ def label_names_of(meta: Sequence[dict[str, Any]]) -> list[str]:
 
 def make_label_splits(
     meta: Sequence[dict[str, Any]],
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = 0,
+    fractions: Sequence[float] = tuple(_GRID.fractions),
+    seed: int = _SPLIT.split_seed,
     label_names: Sequence[str] | None = None,
 ) -> LabelSplits:
     """Draw nested stratified patient-level subsets of the ``train`` records.
@@ -220,8 +221,8 @@ def make_label_splits(
 def load_or_make_splits(
     path: Path,
     meta: Sequence[dict[str, Any]],
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = 0,
+    fractions: Sequence[float] = tuple(_GRID.fractions),
+    seed: int = _SPLIT.split_seed,
 ) -> tuple[LabelSplits, bool]:
     """Reuse the split file at ``path`` when it covers ``fractions``; else make and save one.
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from adaptor.config.synth import MAX_SIZE, MIN_SIZE, SynthOptions
 from adaptor.data.records import SPLITS, Record, write_records_jsonl
 
 FINDINGS: tuple[str, ...] = (
@@ -40,7 +41,7 @@ FINDINGS: tuple[str, ...] = (
 REGION_FINDINGS: frozenset[str] = frozenset(
     {"opacity", "pleural_effusion", "pneumothorax", "nodule"}
 )
-MIN_SIZE, MAX_SIZE = 224, 512
+_DEFAULT = SynthOptions()
 
 # Relative frequency of each finding among studies that have any; with ~1.05
 # findings per study on average these give prevalences of roughly 12-23 %.
@@ -853,7 +854,11 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def generate_synthetic(
-    out_dir: Path, n: int, seed: int = 0, size: int = 256, progress: bool = True
+    out_dir: Path,
+    n: int,
+    seed: int = _DEFAULT.seed,
+    size: int = _DEFAULT.size,
+    progress: bool = True,
 ) -> list[Record]:
     """Write ``n`` synthetic chest radiographs, masks and reports under ``out_dir``.
 

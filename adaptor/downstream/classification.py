@@ -14,7 +14,6 @@ macro AUROC, and are scored on the test split.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from adaptor.config import ClassificationOptions, GridOptions
 from adaptor.data.splits import LabelSplits
 from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
 from adaptor.downstream.results import CellResult
@@ -39,34 +39,18 @@ from adaptor.metrics.classification import classification_metrics, pooled_roc, u
 from adaptor.model import load_adaptor_for
 from adaptor.shards import ShardReader
 
-FEATURES = ("encoder", "adaptor")
-
 
 class FinetuneError(AdaptorError, ValueError):
     """A downstream configuration that cannot run on the given shards."""
 
 
-@dataclass
-class ClassificationConfig:
-    """What ``adaptor finetune heads`` trains."""
+class ClassificationConfig(ClassificationOptions, GridOptions):
+    """What ``adaptor finetune heads`` trains: the options, the shards, the Adaptor (if any)
+    and the results folder."""
 
     shards: str
     out: str
     adaptor: str | None = None
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    heads: list[str] = field(default_factory=lambda: ["linear", "mlp"])
-    features: list[str] = field(default_factory=lambda: list(FEATURES))
-    labels: list[str] | None = None
-    kind: str = "multilabel"
-    uncertain: str = "ignore"
-    max_epochs: int = 200
-    patience: int = 15
-    batch_size: int = 128
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    workers: int = 1
-    address: str | None = None
 
     def methods(self) -> list[str]:
         return [f"{f}+{h}" for f in self.features for h in self.heads]
@@ -83,17 +67,12 @@ def finetune_classification(
     """Train and test every method × fraction × seed; return one :class:`CellResult` each."""
     shards = Path(cfg.shards).resolve()
     reader = ShardReader(shards)
-    unknown = [f for f in cfg.features if f not in FEATURES]
-    if unknown:
-        raise FinetuneError(f"unknown features {unknown}; choose from {', '.join(FEATURES)}")
     if "adaptor" in cfg.features:
         if not cfg.adaptor:
             raise FinetuneError(
                 "features 'adaptor' need --adaptor (a folder from `adaptor pretrain`)"
             )
         load_adaptor_for(Path(cfg.adaptor), reader.manifest, shards)  # fail before any training
-    if cfg.kind not in ("multilabel", "multiclass"):
-        raise FinetuneError(f"unknown target kind {cfg.kind!r}: multilabel or multiclass")
     label_names = cfg.labels or splits.label_names
     missing = [n for n in label_names if n not in splits.label_names]
     if missing:
@@ -108,7 +87,7 @@ def finetune_classification(
         "adaptor": str(Path(cfg.adaptor).resolve()) if cfg.adaptor else None,
         "splits": str(Path(splits_path).resolve()),
         "label_names": label_names,
-        "config": asdict(cfg),
+        "config": cfg.model_dump(),
     }
     cells = plan_cells({m: {"method": m} for m in cfg.methods()}, cfg.fractions, cfg.seeds)
     run_dir = Path(cfg.out) / "runs" / f"classification-{_config_hash(shared)}"

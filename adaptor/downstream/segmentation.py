@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from adaptor.atomic import atomic_open
+from adaptor.config import GridOptions, SegmentationOptions
 from adaptor.data.sources import open_source
 from adaptor.data.splits import LabelSplits, fraction_key
 from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
@@ -64,8 +65,6 @@ from adaptor.metrics.segmentation import SegmentationScores
 from adaptor.model import load_adaptor_for
 from adaptor.shards import ShardReader
 
-METHODS = ("decoder", "decoder+adaptor")
-FEATURE_MODES = ("cache", "online")
 OVERLAYS_NAME = "segmentation_overlays.png"
 
 
@@ -73,9 +72,10 @@ class SegmentationError(AdaptorError, ValueError):
     """A segmentation setup that cannot run on the given shards."""
 
 
-@dataclass
-class SegmentationConfig:
-    """What ``adaptor finetune segment`` trains.
+class SegmentationConfig(SegmentationOptions, GridOptions):
+    """What ``adaptor finetune segment`` trains: the options, the shards, the Adaptor (needed
+    by ``decoder+adaptor``) and the results folder; ``cache_dir`` holds the feature-map cache
+    (default: beside the shards).
 
     ``image_size`` None keeps the encoder's own input size; the default 128 px makes the
     embedded default fit its time budget (≈3x fewer encoder FLOPs than 224 px for
@@ -86,25 +86,7 @@ class SegmentationConfig:
     shards: str
     out: str
     adaptor: str | None = None
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    image_size: int | None = 128
-    levels: int = 4
-    feature_maps: str = "cache"
     cache_dir: str | None = None
-    unannotated: str = "auto"
-    steps: int = 150
-    eval_every: int = 25
-    patience: int = 3
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    overlay_images: int = 4
-    extract_batch_size: int = 32
-    loader_workers: int = 0
-    workers: int = 1
-    address: str | None = None
 
 
 @dataclass
@@ -160,7 +142,7 @@ def plan_segmentation(
     """Check the inputs, fill the feature-map cache (``feature_maps="cache"``), list the cells."""
     shards = Path(cfg.shards).resolve()
     reader = ShardReader(shards)
-    _check_config(cfg)
+    _check_adaptor(cfg)
     if "decoder+adaptor" in cfg.methods:
         load_adaptor_for(Path(cfg.adaptor), reader.manifest, shards)  # fail before any work
     source = reader.manifest.source
@@ -224,7 +206,7 @@ def plan_segmentation(
         "overlay_ids": _overlay_ids(splits.test, meta, skipped, cfg.overlay_images),
         "config": {
             k: v
-            for k, v in asdict(cfg).items()
+            for k, v in cfg.model_dump().items()
             if k not in ("workers", "address", "loader_workers", "cache_dir")
         },
     }
@@ -234,23 +216,11 @@ def plan_segmentation(
     return SegmentationPlan(cells=cells, shared=shared, run_dir=run_dir, skipped=skipped)
 
 
-def _check_config(cfg: SegmentationConfig) -> None:
-    unknown = [m for m in cfg.methods if m not in METHODS]
-    if unknown:
-        raise SegmentationError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+def _check_adaptor(cfg: SegmentationConfig) -> None:
     if "decoder+adaptor" in cfg.methods and not cfg.adaptor:
         raise SegmentationError(
             "method 'decoder+adaptor' needs --adaptor (a folder from `adaptor pretrain`)"
         )
-    if cfg.feature_maps not in FEATURE_MODES:
-        raise SegmentationError(
-            f"unknown feature_maps {cfg.feature_maps!r}; choose {' or '.join(FEATURE_MODES)}"
-        )
-    for name in ("levels", "steps", "eval_every", "patience", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise SegmentationError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if not cfg.seeds or not cfg.fractions:
-        raise SegmentationError("give at least one seed and one label fraction")
 
 
 def _needed_ids(cfg: SegmentationConfig, splits: LabelSplits) -> list[str]:

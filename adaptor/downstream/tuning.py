@@ -18,7 +18,7 @@ deltas and head under ``OUT/tuned/<cell>/`` and reports trainable parameters, tr
 samples/s (forward, backward and optimizer step, data loading excluded) and the peak
 memory of its first training step (:mod:`adaptor.downstream.step_memory`). Cells run
 through :func:`~adaptor.downstream.grid.run_grid`, so a rerun resumes;
-:func:`run_tuning` runs one grid per head, as ``adaptor finetune tune`` does, and
+:func:`finetune_tuned` runs one grid per head of ``TuneConfig.heads``, and
 :func:`~adaptor.downstream.results.write_tuning_table` puts the methods side by side in
 ``OUT/tuning.md``.
 """
@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from adaptor.atomic import atomic_open, atomic_write_json
+from adaptor.config import GridOptions, TuningOptions
+from adaptor.config.downstream import ENCODER_LR
 from adaptor.data.splits import LabelSplits
 from adaptor.downstream.classification import Objective, record_rows
 from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
@@ -51,57 +52,27 @@ from adaptor.embed.feature_maps import resized_preprocess
 from adaptor.embed.pixels import load_pixels
 from adaptor.encoders import ImageEncoder, TextEncoder, build_image_encoder, build_text_encoder
 from adaptor.errors import AdaptorError
-from adaptor.heads.classification import HEADS, build_head, label_matrix
+from adaptor.heads.classification import build_head, label_matrix
 from adaptor.metrics.classification import classification_metrics, undefined_unseen
-from adaptor.peft import DEFAULT_OPTIONS, METHODS, TuningError, apply_tuning, method_options
+from adaptor.peft import DEFAULT_OPTIONS, TuningError, apply_tuning, method_options
 from adaptor.peft.checkpointing import enable_gradient_checkpointing
 from adaptor.peft.deltas import save_deltas, tuning_state
 from adaptor.peft.targets import unused_parameters
 from adaptor.shards import ShardReader
 
-SIDES = ("image", "text", "both")
 BASE_SEED = 0  # torch seed for building encoders (fixes @random initialisations)
-# encoder learning rates per method (the head uses TuneConfig.lr)
-ENCODER_LR = {
-    "frozen": 0.0,
-    "lora": 5e-4,
-    "adapter": 5e-4,
-    "layernorm": 1e-3,
-    "apla": 1e-4,
-    "full": 2e-5,
-}
 
 
 class TuneError(AdaptorError, ValueError):
     """A tuned-encoder run that cannot start."""
 
 
-@dataclass
-class TuneConfig:
-    """What ``adaptor finetune tune`` trains (classification from a tuned encoder), per head."""
+class TuneConfig(TuningOptions, GridOptions):
+    """What ``adaptor finetune tune`` trains (classification from a tuned encoder): the
+    options, the shards and the results folder; one grid per head."""
 
     shards: str
     out: str
-    methods: list[str] = field(default_factory=lambda: ["lora"])
-    encoder: str = "image"  # image | text | both
-    options: dict[str, Any] = field(default_factory=dict)  # e.g. rank, alpha, ffn, columns
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    head: str = "linear"
-    labels: list[str] | None = None
-    kind: str = "multilabel"
-    uncertain: str = "ignore"
-    epochs: int = 5
-    patience: int = 2
-    batch_size: int = 16
-    lr: float = 1e-3
-    encoder_lr: float | None = None  # None: ENCODER_LR of the method
-    weight_decay: float = 1e-4
-    gradient_checkpointing: bool = False
-    image_size: int | None = None  # None: the encoder's own input size
-    device: str = "auto"
-    workers: int = 1
-    address: str | None = None
 
     def method_options(self, method: str) -> dict[str, Any]:
         """The options that apply to ``method``, completed with its defaults."""
@@ -109,7 +80,7 @@ class TuneConfig:
             method, {k: v for k, v in self.options.items() if k in DEFAULT_OPTIONS[method]}
         )
 
-    def label(self, method: str) -> str:
+    def label(self, method: str, head: str) -> str:
         """The results row name, e.g. ``lora(image)+linear`` or ``apla[columns=0.25](text)+mlp``."""
         changed = {
             k: v
@@ -119,7 +90,7 @@ class TuneConfig:
         opts = (
             "[" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + "]" if changed else ""
         )
-        return f"{method}{opts}({self.encoder})+{self.head}"
+        return f"{method}{opts}({self.encoder})+{head}"
 
 
 def finetune_tuned(
@@ -129,11 +100,11 @@ def finetune_tuned(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[CellResult]:
-    """Train and test every method × fraction × seed with a tuned encoder; one CellResult each."""
+    """Train and test every head × method × fraction × seed with a tuned encoder; one
+    CellResult each. The head is part of a grid's setup: each head is its own grid."""
     shards = Path(cfg.shards).resolve()
     manifest = ShardReader(shards).manifest
     _check_config(cfg, manifest.encoders, splits)
-    label_names = cfg.labels or splits.label_names
     for w in splits.warnings:
         log(f"warning: {w}")
     encoders = {side: manifest.encoders[side]["name"] for side in _sides(cfg.encoder)}
@@ -143,15 +114,30 @@ def finetune_tuned(
         "source": manifest.source,
         "encoders": encoders,
         "fingerprints": {side: manifest.encoders[side]["fingerprint"] for side in encoders},
-        "label_names": label_names,
+        "label_names": cfg.labels or splits.label_names,
         "splits": asdict(splits),
-        "config": asdict(cfg),
         "out": str(Path(cfg.out).resolve()),
     }
+    cells: list[CellResult] = []
+    for head in cfg.heads:
+        config = {**cfg.model_dump(exclude={"heads"}), "head": head}
+        cells += _tune_grid(cfg, head, {**shared, "config": config}, progress=progress, log=log)
+    return cells
+
+
+def _tune_grid(
+    cfg: TuneConfig,
+    head: str,
+    shared: dict[str, Any],
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[CellResult]:
+    """One head's grid of methods × fractions × seeds."""
     methods = {
-        _safe(cfg.label(m)): {
+        _safe(cfg.label(m, head)): {
             "method": m,
-            "label": cfg.label(m),
+            "label": cfg.label(m, head),
             "options": cfg.method_options(m),
         }
         for m in cfg.methods
@@ -168,43 +154,6 @@ def finetune_tuned(
         log=log,
     )
     return [CellResult.from_dict(results[c.key]) for c in cells]
-
-
-def run_tuning(
-    cfg: TuneConfig,
-    splits: LabelSplits,
-    *,
-    heads: Sequence[str] | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> list[CellResult]:
-    """:func:`finetune_tuned` for each of ``heads`` (default ``cfg.head``) in turn.
-
-    The head is part of a grid's setup, so each head is its own grid and run folder.
-    """
-    cells: list[CellResult] = []
-    for head in heads or [cfg.head]:
-        cells += finetune_tuned(replace(cfg, head=head), splits, progress=progress, log=log)
-    return cells
-
-
-def parse_tune_options(text: str | None) -> dict[str, Any]:
-    """``"rank=8,ffn=true,columns=0.25"`` → ``{"rank": 8, "ffn": True, "columns": 0.25}``.
-
-    Values are read as JSON (numbers, ``true``/``false``, ``null``), else kept as text.
-    """
-    options: dict[str, Any] = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise TuneError(f"tuning options are KEY=VALUE pairs, got {item.strip()!r}")
-        try:
-            options[key.strip()] = json.loads(value.strip())
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
-    return options
 
 
 def _setup_hash(shared: dict[str, Any]) -> str:
@@ -224,14 +173,11 @@ def _safe(key: str) -> str:
 
 
 def _check_config(cfg: TuneConfig, encoders: dict[str, Any], splits: LabelSplits) -> None:
-    if cfg.encoder not in SIDES:
-        raise TuneError(f"unknown --encoder {cfg.encoder!r}; choose from {', '.join(SIDES)}")
+    """What the options alone cannot tell: the shards' encoders, the methods' own options,
+    the labels of the records."""
     for side in _sides(cfg.encoder):
         if side not in encoders:
             raise TuneError(f"the shards hold no {side} encoder to tune")
-    unknown = [m for m in cfg.methods if m not in METHODS]
-    if unknown or not cfg.methods:
-        raise TuneError(f"unknown tuning method(s) {unknown}; choose from {', '.join(METHODS)}")
     taken = {k for m in cfg.methods for k in DEFAULT_OPTIONS[m]}
     stray = sorted(set(cfg.options) - taken)
     if stray:
@@ -241,15 +187,9 @@ def _check_config(cfg: TuneConfig, encoders: dict[str, Any], splits: LabelSplits
             cfg.method_options(method)
         except TuningError as err:
             raise TuneError(str(err)) from err
-    if cfg.head not in HEADS:
-        raise TuneError(f"unknown head {cfg.head!r}; choose from {', '.join(HEADS)}")
-    if cfg.kind not in ("multilabel", "multiclass"):
-        raise TuneError(f"unknown target kind {cfg.kind!r}: multilabel or multiclass")
     missing = [n for n in cfg.labels or [] if n not in splits.label_names]
     if missing:
         raise TuneError(f"labels {missing} are not in the records (they have {splits.label_names})")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise TuneError("epochs and batch size must be at least 1")
 
 
 def _check_methods_apply(cfg: TuneConfig, encoders: dict[str, str]) -> None:

@@ -15,7 +15,6 @@ shards and does the rest.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from adaptor.atomic import atomic_write_json, remove_stale_partials
+from adaptor.config import ActorOptions
 from adaptor.data.sources import open_source
 from adaptor.embed.folder import finish_manifest, require_samples, shard_count
 from adaptor.embed.job import EmbedConfig, EmbedError, EmbedResult
@@ -39,17 +39,18 @@ def embed_on_ray(
     cfg: EmbedConfig,
     *,
     address: str | None = None,
-    actors: int | None = None,
-    cpus_per_actor: int = 1,
+    placement: ActorOptions | None = None,
     use_gpu: bool | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> EmbedResult:
     """Run (or resume) the embed job ``cfg`` with encoder actors on a Ray cluster.
 
     ``address``: a running Ray head (``HOST:PORT`` or ``auto``); None starts a local Ray.
-    ``actors``: how many encoder actors (default: one per GPU, else one per
-    ``cpus_per_actor`` CPUs of the cluster), never more than the shards left to do.
+    ``placement.actors``: how many encoder actors (default: one per GPU, else one per
+    ``placement.cpus_per_actor`` CPUs of the cluster), never more than the shards left to do.
     """
+    placement = placement or ActorOptions()
+    cpus_per_actor = placement.cpus_per_actor
     started = time.perf_counter()
     out = Path(cfg.out).resolve()
     if cfg.only_shards is not None:
@@ -70,7 +71,7 @@ def embed_on_ray(
         max_task_retries=1,  # safe: a retried share redoes only its unfinished shards
     )
     slots = _slots(ray.cluster_resources(), cpus_per_actor=cpus_per_actor, use_gpu=use_gpu)
-    base = dataclasses.replace(cfg, out=out, progress=False)
+    base = cfg.model_copy(update={"out": out, "progress": False})
 
     if Manifest.exists(out):
         remove_stale_partials(out)  # nothing else writes here yet: leftovers of a dead run
@@ -78,17 +79,17 @@ def embed_on_ray(
     try:
         # one actor opens (or checks) the job folder before the others start: a mismatched
         # folder, an unknown encoder or weights that cannot load fail here, before any shard
-        _get(pool[0].run.remote(dataclasses.replace(base, only_shards=[])), out)
+        _get(pool[0].run.remote(base.model_copy(update={"only_shards": []})), out)
         reused = set(finished_shards(out))
         pending = [i for i in range(n_shards) if i not in reused]
         if reused:
             log(f"resuming: {len(reused)} of {n_shards} shards already finished in {out}")
-        shares = split_shards(pending, min(actors or slots, max(1, len(pending))))
+        shares = split_shards(pending, min(placement.actors or slots, max(1, len(pending))))
         pool += [worker.remote(cpus_per_actor) for _ in shares[1:]]
         log(f"embedding {len(pending)} shards with {len(shares)} actor(s) into {out}")
         phase_started = time.perf_counter()
         refs = [
-            actor.run.remote(dataclasses.replace(base, only_shards=share))
+            actor.run.remote(base.model_copy(update={"only_shards": share}))
             for actor, share in zip(pool, shares, strict=True)
         ]
         results = _wait_with_progress(refs, out, n_shards, len(reused), progress=cfg.progress)

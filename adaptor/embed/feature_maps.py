@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from adaptor.atomic import TMP_SUFFIX, atomic_write_json
+from adaptor.config.downstream import Unannotated
 from adaptor.data.masks import load_mask
 from adaptor.data.records import RecordError
 from adaptor.data.sources.base import SourceSpec
@@ -47,7 +48,7 @@ from adaptor.encoders import ImageEncoder, ImagePreprocess
 from adaptor.errors import AdaptorError
 
 CACHE_FILE = "cache.json"
-UNANNOTATED_POLICIES = ("auto", "negative", "skip")
+UNANNOTATED_POLICIES = get_args(Unannotated)
 # Layouts where every positive study carries a mask, so a study without one is a negative.
 COMPLETE_MASK_SOURCES = frozenset({"synthetic", "siim-acr", "rsna-pneumonia"})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptor.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+from adaptor.config import EmbedOptions
 from adaptor.errors import AdaptorError
 
 
@@ -13,22 +13,11 @@ class EmbedError(AdaptorError, RuntimeError):
     """The embed job cannot go on (strict mode, or an output folder it must not touch)."""
 
 
-@dataclass
-class EmbedConfig:
-    """Options of one ``adaptor embed`` run."""
+class EmbedConfig(EmbedOptions):
+    """One ``adaptor embed`` run: the :class:`~adaptor.config.EmbedOptions` and its I/O."""
 
     source: str
     out: Path
-    image_encoder: str = DEFAULT_IMAGE_ENCODER
-    text_encoder: str = DEFAULT_TEXT_ENCODER
-    batch_size: int = 32
-    shard_size: int = 1000
-    loader_workers: int = 2
-    device: str = "auto"
-    strict: bool = False
-    allow_empty_reports: bool = False
-    patch_tokens: bool = False
-    text_states: bool = False
     progress: bool = True
     # a share of the job (cluster actors): embed only these shard indices, leave other writers'
     # partial files alone, and leave the manifest for the driver's finish_manifest

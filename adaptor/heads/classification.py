@@ -9,16 +9,14 @@ uncertain one is masked out too unless a policy maps it to 0 or 1 (the CheXpert
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from adaptor.config.downstream import UncertainPolicy
 from adaptor.errors import AdaptorError
-
-UncertainPolicy = Literal["ignore", "positive", "negative"]
-TargetKind = Literal["multilabel", "multiclass"]
 
 
 class HeadError(AdaptorError, ValueError):

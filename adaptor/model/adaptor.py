@@ -31,57 +31,53 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from adaptor.atomic import atomic_open, atomic_write_json
+from adaptor.config.base import describe_errors
+from adaptor.config.pretrain import ModelOptions, Norm, Wiring
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-_NORMS = ("post", "pre")
-_WIRINGS = ("ours", "reference")
+_SHAPE = ModelOptions()
 
 
 @dataclass
 class AdaptorConfig:
     """Shape and hyper-parameters of an :class:`Adaptor`; JSON round-trips via ``to_dict``.
 
-    ``wiring`` picks the layer wiring (see the module docstring); with ``"reference"``,
-    ``max_logit_scale`` is unused. Keys missing from a saved config take these defaults.
+    The shape (``width`` … ``wiring``) takes its defaults, bounds and choices from
+    :class:`adaptor.config.ModelOptions`. ``wiring`` picks the layer wiring (see the module
+    docstring); with ``"reference"``, ``max_logit_scale`` is unused. Keys missing from a
+    saved config take these defaults.
     """
 
     image_dim: int
     text_dim: int
-    width: int = 512
-    layers: int = 1
-    heads: int = 8
-    ffn_hidden: int = 2048
-    dropout: float = 0.0
-    norm: str = "post"
+    width: int = _SHAPE.width
+    layers: int = _SHAPE.layers
+    heads: int = _SHAPE.heads
+    ffn_hidden: int = _SHAPE.ffn_hidden
+    dropout: float = _SHAPE.dropout
+    norm: Norm = _SHAPE.norm
     image_patch_dim: int | None = None
     text_state_dim: int | None = None
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)
     encoders: dict | None = None
-    wiring: str = "ours"
+    wiring: Wiring = _SHAPE.wiring
 
     def __post_init__(self) -> None:
-        if self.norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
-        if self.wiring not in _WIRINGS:
-            raise ValueError(f"wiring must be one of {_WIRINGS}, got {self.wiring!r}")
-        if self.wiring == "reference" and self.norm != "post":
-            raise ValueError(f"wiring 'reference' is post-norm, got norm={self.norm!r}")
-        for name in ("image_dim", "text_dim", "width", "heads", "ffn_hidden"):
+        for name in ("image_dim", "text_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.layers < 0:
-            raise ValueError(f"layers must be >= 0, got {self.layers}")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        try:
+            ModelOptions.model_validate({k: getattr(self, k) for k in ModelOptions.model_fields})
+        except ValidationError as err:
+            raise ValueError(describe_errors(err)) from None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""

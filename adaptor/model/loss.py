@@ -4,9 +4,8 @@
 images (``CE(logits.T, targets)`` with ``logits = scale * image @ text.T``).
 ``1 - t2i_weight`` weights image→text (``CE(logits, targets)``: each image row over all
 texts). The reference (holajoa/Adaptor-VL-SSL, ``CLIPLossFromSimilarities(0.75)`` on
-``logits_per_text``) puts 0.75 on text→image, the default here. The older keyword
-``image_weight`` (weight of image→text) is still accepted, deprecated:
-``image_weight=w`` means ``t2i_weight=1 - w``.
+``logits_per_text``) puts 0.75 on text→image; pretraining's default
+(:class:`adaptor.config.PretrainOptions`) keeps 0.75 on image→text, ``t2i_weight=0.25``.
 
 Distributed (:class:`ClipLoss`): every rank all-gathers both embeddings *with gradients*
 and computes the loss of its own rows against all global columns (open_clip's
@@ -30,40 +29,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_T2I_WEIGHT = 0.75
+
+def _direction_weights(t2i_weight: float) -> tuple[float, float]:
+    """(image→text, text→image) weights."""
+    if not 0.0 <= t2i_weight <= 1.0:
+        raise ValueError(f"direction weights must be in [0, 1], got t2i_weight={t2i_weight}")
+    return 1 - t2i_weight, t2i_weight
 
 
-def _direction_weights(t2i_weight: float | None, image_weight: float | None) -> tuple[float, float]:
-    """(image→text, text→image) weights from ``t2i_weight`` or deprecated ``image_weight``."""
-    if image_weight is not None:
-        if t2i_weight is not None:
-            raise ValueError("give t2i_weight or the deprecated image_weight, not both")
-        i2t, t2i = image_weight, 1 - image_weight
-    else:
-        t2i = DEFAULT_T2I_WEIGHT if t2i_weight is None else t2i_weight
-        i2t = 1 - t2i
-    if not 0.0 <= t2i <= 1.0:
-        raise ValueError(f"direction weights must be in [0, 1], got t2i_weight={t2i}")
-    return i2t, t2i
-
-
-def clip_loss(
-    image: Tensor,
-    text: Tensor,
-    logit_scale: Tensor,
-    image_weight: float | None = None,
-    *,
-    t2i_weight: float | None = None,
-) -> Tensor:
+def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor, *, t2i_weight: float) -> Tensor:
     """Weighted symmetric InfoNCE over a batch of paired, L2-normalised embeddings [B, D].
 
     ``logits = exp(logit_scale) * image @ text.T``; matching pairs are on the diagonal.
     Returns ``t2i_weight * CE(logits.T, arange(B))`` (text→image: each text picks its
-    image) ``+ (1 - t2i_weight) * CE(logits, arange(B))`` (image→text); ``t2i_weight``
-    defaults to 0.75 as the reference. ``image_weight`` (deprecated, the fourth
-    positional argument) is the image→text weight: it means ``t2i_weight = 1 - image_weight``.
+    image) ``+ (1 - t2i_weight) * CE(logits, arange(B))`` (image→text).
     """
-    return _weighted(image, text, logit_scale, *_direction_weights(t2i_weight, image_weight))
+    return _weighted(image, text, logit_scale, *_direction_weights(t2i_weight))
 
 
 def _weighted(image: Tensor, text: Tensor, logit_scale: Tensor, i2t: float, t2i: float) -> Tensor:
@@ -94,19 +75,12 @@ class ClipLoss(nn.Module):
     DDP-averaged gradients then equal the single-worker, global-batch gradients). All ranks
     must pass the same batch size. Otherwise this is plain :func:`clip_loss`.
 
-    ``t2i_weight`` weights text→image (default 0.75, as the reference); the keyword
-    ``image_weight`` (deprecated) is the image→text weight, ``t2i_weight = 1 - image_weight``.
+    ``t2i_weight`` weights text→image, image→text takes the rest.
     """
 
-    def __init__(
-        self,
-        t2i_weight: float | None = None,
-        gather: bool = True,
-        *,
-        image_weight: float | None = None,
-    ) -> None:
+    def __init__(self, *, t2i_weight: float, gather: bool = True) -> None:
         super().__init__()
-        self.i2t_weight, self.t2i_weight = _direction_weights(t2i_weight, image_weight)
+        self.i2t_weight, self.t2i_weight = _direction_weights(t2i_weight)
         self.gather = gather
 
     def forward(self, image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from torch import nn
 
+from adaptor.config.downstream import TuningMethod
 from adaptor.errors import AdaptorError
 from adaptor.peft.adapters import ADAPTER_TYPES, add_adapters
 from adaptor.peft.apla import apla_projection_names, apply_apla
@@ -16,7 +17,7 @@ from adaptor.peft.lora import apply_lora, lora_target_names, merge_lora
 from adaptor.peft.norm_tuning import norm_parameter_names
 from adaptor.peft.targets import Targets, find_targets, unused_parameters
 
-METHODS = ("frozen", "lora", "adapter", "layernorm", "apla", "full")
+METHODS: tuple[str, ...] = get_args(TuningMethod)
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "frozen": {},
     "lora": {"rank": 8, "alpha": 16.0, "ffn": False},

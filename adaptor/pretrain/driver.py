@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from adaptor.atomic import atomic_write_json
+from adaptor.config import ModelOptions, PretrainOptions
 from adaptor.data.splits import VAL_CARVE_FRACTION, ValCarve, carve_val
 from adaptor.errors import AdaptorError
 from adaptor.model.adaptor import CONFIG_NAME, WEIGHTS_NAME
@@ -45,47 +47,26 @@ from adaptor.shards.manifest import Manifest
 LAST_EPOCH = "last epoch (no val records)"  # metrics.json "selected_by" when nothing chooses
 VAL_MIN_PAIRS = 2  # a carved val split holds at least this many pairs: one pair ranks nothing
 # options that do not change what a run trains, so they may differ on a rerun of a finished run
-_NOT_OPTIONS = (
+_NOT_OPTIONS = {
     "shards",  # its content counts instead (shards_sha256), not where it lies
     "out",
     "address",
     "use_gpu",
     "max_failures",
     "checkpoint_every_steps",
-)
+}
 
 
 class PretrainError(AdaptorError, RuntimeError):
     """Pretraining cannot start or did not finish; the message says why and what was kept."""
 
 
-@dataclass
-class PretrainConfig:
-    """Options of ``adaptor pretrain`` (model, optimisation, cluster)."""
+class PretrainConfig(PretrainOptions):
+    """One ``adaptor pretrain`` run: the :class:`~adaptor.config.PretrainOptions`, the shards
+    it reads and the run folder it writes."""
 
     shards: str
     out: str
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    schedule: str = "cosine"  # or "linear"
-    grad_clip: float = 1.0
-    workers: int = 1
-    address: str | None = None
-    seed: int = 0
-    checkpoint_every_steps: int = 0
-    width: int = 512
-    layers: int = 1
-    heads: int = 8
-    ffn_hidden: int = 2048
-    norm: str = "post"
-    dropout: float = 0.0
-    image_weight: float = 0.75
-    objective: str = "unpaired"  # or "paired": see README, "Why the loss is on unpaired encodings"
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    max_failures: int = 2
 
 
 @dataclass
@@ -113,8 +94,6 @@ def pretrain(
     run_dir = Path(cfg.out).resolve()
     shards = Path(cfg.shards).resolve()
     reader = ShardReader(shards)
-    if cfg.objective not in ("unpaired", "paired"):
-        raise PretrainError(f"unknown objective {cfg.objective!r}: unpaired or paired")
     if len(reader.paths) < cfg.workers:
         raise PretrainError(
             f"{cfg.workers} workers need at least as many shards; {shards} has {len(reader.paths)}"
@@ -154,7 +133,7 @@ def pretrain(
     threads = cpus_per_worker(cfg.workers, use_gpu)
     run_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {
-        **asdict(cfg),
+        **cfg.model_dump(),
         "shards": str(shards),
         "out": str(run_dir),
         "threads": threads,
@@ -260,14 +239,29 @@ def _val_split(
     }
 
 
-def _options(cfg: PretrainConfig, manifest: Manifest) -> dict[str, Any]:
+def _options(cfg: PretrainOptions, manifest: Manifest) -> dict[str, Any]:
     """What makes two runs the same: the training options and the shards' content."""
-    options = {k: v for k, v in asdict(cfg).items() if k not in _NOT_OPTIONS}
     content = [manifest.encoders, [(s.name, s.sha256) for s in manifest.shards]]
-    options["shards_sha256"] = hashlib.sha256(
-        json.dumps(content, sort_keys=True).encode()
-    ).hexdigest()
-    return options
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {**cfg.model_dump(exclude=_NOT_OPTIONS), "shards_sha256": digest}
+
+
+def _effective(stored: dict[str, Any]) -> dict[str, Any] | None:
+    """A run folder's recorded ``options`` as :func:`_options` writes them today (None: not
+    options at all). Folders from before the options had a ``model`` section recorded the
+    shape beside them and the loss weight as ``image_weight`` (image→text): read the same."""
+    stored = dict(stored)
+    if "image_weight" in stored:
+        stored["t2i_weight"] = 1 - stored.pop("image_weight")
+    shape = {k: stored.pop(k) for k in ModelOptions.model_fields if k in stored}
+    if shape:
+        stored["model"] = {**shape, **stored.get("model", {})}
+    digest = stored.pop("shards_sha256", None)
+    try:
+        options = PretrainOptions.model_validate(stored)
+    except ValidationError:
+        return None
+    return {**options.model_dump(exclude=_NOT_OPTIONS), "shards_sha256": digest}
 
 
 def _finished_outputs(
@@ -283,7 +277,7 @@ def _finished_outputs(
         return None
     adaptor_dir = run_dir / "adaptor"
     written = all((adaptor_dir / name).is_file() for name in (WEIGHTS_NAME, CONFIG_NAME))
-    if not written or metrics.get("options") != options:
+    if not written or _effective(metrics.get("options") or {}) != options:
         return None
     return PretrainResult(run_dir=run_dir, adaptor_dir=adaptor_dir, metrics=metrics)
 

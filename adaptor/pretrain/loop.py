@@ -68,12 +68,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model_config = AdaptorConfig(
         image_dim=image.shape[1],
         text_dim=text.shape[1],
-        width=config["width"],
-        layers=config["layers"],
-        heads=config["heads"],
-        ffn_hidden=config["ffn_hidden"],
-        dropout=config["dropout"],
-        norm=config["norm"],
+        **config["model"],
         encoders={
             k: {f: v.get(f) for f in ("name", "fingerprint", "dim")}
             for k, v in config["encoders"].items()
@@ -84,7 +79,7 @@ def train_loop(config: dict[str, Any]) -> None:
         model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
     scheduler = _scheduler(optimizer, config, steps_per_epoch * config["epochs"])
-    loss_fn = ClipLoss(image_weight=config["image_weight"])
+    loss_fn = ClipLoss(t2i_weight=config["t2i_weight"])
 
     state = {
         "epoch": 0,
@@ -116,7 +111,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if state["epoch"] < config["epochs"]:  # a resume only where steps remain
             state["resumed_at_steps"] = [*state.get("resumed_at_steps", []), state["global_step"]]
     elif rank == 0:
-        state["untrained"] = _evaluate(model, val, config["image_weight"], device)
+        state["untrained"] = _evaluate(model, val, config["t2i_weight"], device)
     if state["epoch"] >= config["epochs"]:
         _report(model, optimizer, scheduler, state, rank, config)
         return
@@ -174,7 +169,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "temperature": float(1.0 / model.logit_scale.exp()),
         }
         if rank == 0:
-            metrics.update(_evaluate(model, val, config["image_weight"], device))
+            metrics.update(_evaluate(model, val, config["t2i_weight"], device))
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         state["history"].append(metrics)
         if (
@@ -242,13 +237,11 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any], total_s
     warmup = int(config["warmup_fraction"] * total_steps)
     if config["schedule"] == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    if config["schedule"] != "cosine":
-        raise ValueError(f"unknown schedule {config['schedule']!r} (cosine or linear)")
     return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
 @torch.no_grad()
-def _evaluate(model, val, image_weight: float, device) -> dict[str, float]:  # noqa: ANN001
+def _evaluate(model, val, t2i_weight: float, device) -> dict[str, float]:  # noqa: ANN001
     """Val loss and retrieval recall, each side encoded on its own (as in search); rank-local."""
     from adaptor.model import clip_loss
 
@@ -257,7 +250,9 @@ def _evaluate(model, val, image_weight: float, device) -> dict[str, float]:  # n
     model.eval()
     image, text = val.arrays["image"].to(device), val.arrays["text"].to(device)
     out = model(image, text, cross=False)
-    metrics = {"val_loss": float(clip_loss(out.image, out.text, out.logit_scale, image_weight))}
+    metrics = {
+        "val_loss": float(clip_loss(out.image, out.text, out.logit_scale, t2i_weight=t2i_weight))
+    }
     recall = paired_recall(out.image.cpu(), out.text.cpu())
     metrics.update({f"val_{k}": v for k, v in recall.items()})
     metrics[SELECTION_METRIC] = sum(recall.values()) / len(recall)

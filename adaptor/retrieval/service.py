@@ -30,13 +30,13 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from adaptor.config import ServiceLimits  # the bounds of `adaptor serve` (ServeOptions.limits)
 from adaptor.retrieval.batching import BusyError, MicroBatcher
 from adaptor.retrieval.errors import RetrievalError
 from adaptor.retrieval.routes import auth, classify, records, search, status
@@ -48,23 +48,6 @@ _SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; "
     "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
 )
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """Bounds on every input; all settable from ``adaptor serve`` options."""
-
-    max_k: int = 100
-    max_text_chars: int = 2000
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_image_side: int = 8192
-    max_batch: int = 32
-    max_pending: int = 256
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def create_app(

@@ -1,0 +1,78 @@
+"""Pretraining (``adaptor pretrain``; the flow's ``pretrain:`` section) and the Adaptor's shape."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from adaptor.config.base import Options, RayAddress
+
+Norm = Literal["post", "pre"]
+Wiring = Literal["ours", "reference"]
+
+
+class ModelOptions(Options):
+    """The Adaptor's shape (``pretrain.model``); see :class:`adaptor.model.AdaptorConfig`."""
+
+    width: int = Field(512, ge=8, description="shared embedding width")
+    layers: int = Field(1, ge=0, description="attention layers")
+    heads: int = Field(8, ge=1, description="attention heads; the width must be divisible by them")
+    ffn_hidden: int = Field(2048, ge=1, description="hidden size of each feed-forward block")
+    norm: Norm = Field("post", description="LayerNorm after (post) or before (pre) each block")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in attention and feed-forward")
+    wiring: Wiring = Field(
+        "ours",
+        description="layer wiring: ours, or the reference's (query = the other side, one layer "
+        "shared by both sides)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelOptions:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.wiring == "reference" and self.norm != "post":
+            raise ValueError(f"wiring 'reference' is post-norm, got norm={self.norm!r}")
+        return self
+
+
+class PretrainOptions(Options):
+    """Contrastive pretraining of the Adaptor under Ray Train: optimisation, loss, cluster, shape."""
+
+    epochs: int = Field(30, ge=1, description="training epochs")
+    batch_size: int = Field(
+        128, ge=2, description="pairs per worker per step (negatives: the global batch)"
+    )
+    lr: float = Field(5e-4, gt=0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of the steps spent warming the learning rate up"
+    )
+    schedule: Literal["cosine", "linear"] = Field(
+        "cosine", description="learning-rate decay after warm-up"
+    )
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clipping")
+    objective: Literal["unpaired", "paired"] = Field(
+        "unpaired",
+        description="CLIP loss on each side encoded alone (unpaired) or on the cross-attended "
+        "pair (paired)",
+    )
+    t2i_weight: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="loss weight of text→image, image→text takes the rest (the reference: 0.75)",
+    )
+    seed: int = Field(0, description="seed of the initial weights and the shuffling")
+    workers: int = Field(
+        1, ge=1, description="Ray Train workers; each reads a disjoint share of the shards"
+    )
+    address: RayAddress = None
+    use_gpu: bool | None = Field(None, description="train on GPUs; default: if the cluster has any")
+    max_failures: int = Field(
+        2, ge=0, description="restarts from the newest checkpoint after a worker fails"
+    )
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="extra checkpoints every N steps (0: per epoch only)"
+    )
+    model: ModelOptions = Field(default_factory=ModelOptions, description="the Adaptor's shape")
