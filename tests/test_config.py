@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from adaptor.cli import app
-from adaptor.config import IndexOptions, RunConfig, ServeOptions, load_config
+from adaptor.config import IndexOptions, RunConfig, ServeOptions, ZeroShotOptions, load_config
 from adaptor.config.cli import OptionSpec, fields_of, is_model, option_specs
 from adaptor.config.downstream import ENCODER_LR, HeadName, TuningMethod
 from adaptor.downstream.classification import ClassificationConfig
@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], set[str]]] = {
     "finetune tune": (TuneConfig, {"split_seed"}),
     "index": (IndexOptions, set()),
     "serve": (ServeOptions, set()),
+    "zeroshot": (ZeroShotOptions, set()),
 }
 # the commands whose options a RunConfig section holds
 SECTIONS = {

@@ -17,6 +17,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from adaptor.config import ZeroShotOptions
 from adaptor.data.sources.chexpert import CHEXPERT_LABELS
 from adaptor.data.synthetic import FINDINGS
 from adaptor.downstream.prompts import (
@@ -151,7 +152,7 @@ def test_zeroshot_beats_chance_and_writes_its_tables(
     trained_adaptor: Path, retrieval_index: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     shards = retrieval_index[0]
-    result = run_zeroshot(shards, trained_adaptor, tmp_path, split=None)
+    result = run_zeroshot(shards, trained_adaptor, tmp_path, ZeroShotOptions(split="all"))
     assert sorted(result.labels) == sorted(FINDINGS) and result.records == 40
     auroc = result.per_class["auroc"]
     print("zero-shot AUROC:", {k: round(v, 3) for k, v in auroc.items()})
@@ -167,6 +168,22 @@ def test_zeroshot_beats_chance_and_writes_its_tables(
     assert "no frozen-encoder baseline" in table
     cell = result.to_cell()
     assert cell.fraction == 0.0 and cell.metrics == result.metrics
+
+
+def test_adaptor_zeroshot_through_the_cli(
+    trained_adaptor: Path, retrieval_index: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from adaptor.cli import app
+
+    shards = retrieval_index[0]
+    args = ["zeroshot", "--shards", str(shards), "--adaptor", str(trained_adaptor)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--split", "all"])
+    assert result.exit_code == 0, result.output
+    assert "**macro**" in result.output and (tmp_path / "zeroshot.json").is_file()
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x"), "--labels", "edema"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: "), bad.output
 
 
 def test_zeroshot_labels_prompts_and_bad_requests(

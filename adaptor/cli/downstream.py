@@ -23,6 +23,7 @@ from adaptor.config import (
     SegmentationOptions,
     SplitOptions,
     TuningOptions,
+    ZeroShotOptions,
 )
 from adaptor.config.cli import from_field, model_options
 from adaptor.errors import friendly_errors
@@ -192,6 +193,29 @@ def finetune_tune(
     if table is not None:
         typer.echo(table.read_text(encoding="utf-8"))
     typer.echo(f"results in {run.out} (results.json, results.md, tuning.md, plots)")
+
+
+@app.command()
+@friendly_errors
+@model_options
+def zeroshot(
+    shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
+    adaptor: Annotated[Path, typer.Option(help="trained Adaptor folder (RUN/adaptor)")],
+    out: Annotated[Path, typer.Option(help="folder for zeroshot.json and zeroshot.md")],
+    *,
+    options: ZeroShotOptions,
+) -> None:
+    """Classify without training on labels: a positive and a negative prompt per label.
+
+    The prompts (built in for common chest findings, or --prompts FILE.yaml) go through the
+    text encoder and the Adaptor's text path, each image through its image path; the
+    probability of a label is the softmax over its two prompts. Writes AUROC per label.
+    """
+    from adaptor.downstream.zeroshot import run_zeroshot
+
+    result = run_zeroshot(shards, adaptor, out, options)
+    typer.echo(result.markdown())
+    typer.echo(f"written to {out / 'zeroshot.json'} and {out / 'zeroshot.md'}")
 
 
 def _path(folder: Path | None) -> str | None:

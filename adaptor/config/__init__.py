@@ -9,7 +9,7 @@ the ``adaptor`` commands make their options from them (:mod:`adaptor.config.cli`
 - :mod:`~adaptor.config.pretrain`: :class:`PretrainOptions`, :class:`ModelOptions`
 - :mod:`~adaptor.config.downstream`: :class:`GridOptions`, :class:`SplitOptions`,
   :class:`ClassificationOptions`,
-  :class:`SegmentationOptions`, :class:`TuningOptions`
+  :class:`SegmentationOptions`, :class:`TuningOptions`, :class:`ZeroShotOptions`
 - :mod:`~adaptor.config.retrieval`: :class:`IndexOptions`, :class:`ServeOptions`,
   :class:`ServiceLimits`
 - :mod:`~adaptor.config.run`: :class:`RunConfig`, :func:`load_config`, :func:`to_yaml`
@@ -23,6 +23,7 @@ from adaptor.config.downstream import (
     SegmentationOptions,
     SplitOptions,
     TuningOptions,
+    ZeroShotOptions,
 )
 from adaptor.config.embed import ActorOptions, EmbedOptions
 from adaptor.config.pretrain import ModelOptions, PretrainOptions
@@ -50,6 +51,7 @@ __all__ = [
     "SplitOptions",
     "SynthOptions",
     "TuningOptions",
+    "ZeroShotOptions",
     "load_config",
     "to_yaml",
 ]

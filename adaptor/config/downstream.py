@@ -175,3 +175,19 @@ class TuningOptions(LabelOptions):
         None, ge=16, description="image input size (default: the encoder's)"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+
+class ZeroShotOptions(Options):
+    """Zero-shot classification: prompts through the Adaptor's text path, no labels trained on."""
+
+    labels: CommaList[str] | None = Field(
+        None, description="label names (default: every label of the records that has prompts)"
+    )
+    prompts: str | None = Field(
+        None, description="YAML file of prompts (label: {positive: [...], negative: [...]})"
+    )
+    split: Literal["test", "val", "train", "all"] = Field(
+        "test", description="the records scored: a split, or all"
+    )
+    uncertain: UncertainPolicy = Field("ignore", description="what uncertain (-1) labels count as")
+    device: str = Field("cpu", description="torch device for the encoders and the Adaptor")

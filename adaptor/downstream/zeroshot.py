@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptor.atomic import atomic_open, atomic_write_json
-from adaptor.config.downstream import UncertainPolicy
+from adaptor.config.downstream import UncertainPolicy, ZeroShotOptions
 from adaptor.downstream.prompts import (
     LabelPrompts,
     PromptError,
@@ -169,15 +169,18 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+_DEFAULTS = ZeroShotOptions()
+
+
 def evaluate_zeroshot(
     shards: str | Path,
     adaptor_dir: str | Path,
     *,
     labels: Sequence[str] | None = None,
     prompts: Mapping[str, LabelPrompts] | None = None,
-    split: str | None = "test",
-    uncertain: UncertainPolicy = "ignore",
-    device: str = "cpu",
+    split: str | None = _DEFAULTS.split,
+    uncertain: UncertainPolicy = _DEFAULTS.uncertain,
+    device: str = _DEFAULTS.device,
 ) -> ZeroShotResult:
     """Score the records of ``split`` (``None``: all) of ``shards`` zero-shot.
 
@@ -241,16 +244,24 @@ def run_zeroshot(
     shards: str | Path,
     adaptor_dir: str | Path,
     out: str | Path,
-    labels: Sequence[str] | None = None,
-    prompts: str | Path | Mapping[str, LabelPrompts] | None = None,
-    split: str | None = "test",
-    uncertain: UncertainPolicy = "ignore",
-    device: str = "cpu",
+    options: ZeroShotOptions | None = None,
+    *,
+    prompts: Mapping[str, LabelPrompts] | None = None,
 ) -> ZeroShotResult:
     """:func:`evaluate_zeroshot`, then ``OUT/zeroshot.json`` and ``OUT/zeroshot.md``.
 
-    ``prompts`` is a prompts YAML file or an already parsed mapping.
+    ``options`` (defaults: :class:`~adaptor.config.ZeroShotOptions`) may name a prompts YAML;
+    ``prompts`` gives already parsed prompts instead.
     """
+    options = options or ZeroShotOptions()
+    labels, split, uncertain, device = (
+        options.labels,
+        None if options.split == "all" else options.split,
+        options.uncertain,
+        options.device,
+    )
+    if prompts is None and options.prompts is not None:
+        prompts = options.prompts
     if isinstance(prompts, (str, Path)):
         prompts = load_prompts(prompts)
     result = evaluate_zeroshot(
