@@ -206,7 +206,7 @@ set -e
 run_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
 log "adaptor run exited $run_exit after ${run_s} s"
 
-# what a finished run leaves (the same files tests/test_run_end_to_end.py checks)
+# what a finished run leaves (the same files tests/cli/test_run_end_to_end.py checks)
 if [[ $run_exit == 0 ]]; then
     runs="$WORK/data_shards/runs/synthetic"
     for f in pretrain/adaptor/model.safetensors downstream/results.md index/manifest.json; do

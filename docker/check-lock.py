@@ -2,7 +2,7 @@
 """Does docker/requirements.lock agree with pyproject.toml? Exit 0 if so, 1 with the reasons
 (2: could not check).
 
-The same rules as tests/test_docker_static.py::test_lock_agrees_with_pyproject: every
+The same rules as tests/cluster/test_docker_static.py::test_lock_agrees_with_pyproject: every
 dependency (and every optional group named by the lock header's ``--extra``) is pinned, within
 its specifier, exact pins equal, every pin hashed; and the groups pyproject.toml names under
 ``test`` are in the header. Needs only Python >= 3.11 and ``packaging`` — or pip, whose

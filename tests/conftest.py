@@ -11,9 +11,16 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # torch and FAISS each bring an OpenMP runtime; spinning threads starve each other on 2 cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import AbstractContextManager, contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 if TYPE_CHECKING:
@@ -84,3 +91,59 @@ def service_searcher(retrieval_index: tuple[Path, Path, Path]) -> Searcher:
     searcher = open_searcher(retrieval_index[2])
     searcher.encoder.warm()
     return searcher
+
+
+# ------------------------------------------------------------------ a real `adaptor serve`
+
+ServeIndex = Callable[..., AbstractContextManager[str]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _running_server(
+    index_dir: Path, log: Path, *args: str, api_key: str | None = None
+) -> Iterator[str]:
+    """A real ``adaptor serve`` process on 127.0.0.1 (its URL), stopped on exit."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("ADAPTOR_API_KEY", None)
+    if api_key:
+        env["ADAPTOR_API_KEY"] = api_key
+    command = [sys.executable, "-m", "adaptor.cli", "serve", "--index", str(index_dir)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"adaptor serve exited early:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"adaptor serve did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_index() -> ServeIndex:
+    """Start a real ``adaptor serve`` on an index folder: ``with serve_index(dir, log) as url``."""
+    return _running_server

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
-from test_service import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,13 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 @pytest.fixture(scope="module")
 def site(
-    tmp_path_factory: pytest.TempPathFactory, retrieval_index: tuple[Path, Path, Path]
+    tmp_path_factory: pytest.TempPathFactory,
+    retrieval_index: tuple[Path, Path, Path],
+    serve_index: Callable[..., AbstractContextManager[str]],
 ) -> Iterator[str]:
     index_dir = retrieval_index[2]
     log = tmp_path_factory.mktemp("browser") / "serve.log"
-    with running_server(index_dir, log) as url:
+    with serve_index(index_dir, log) as url:
         yield url
 
 

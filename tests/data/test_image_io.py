@@ -9,15 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import write_dicom
 from PIL import Image, ImageFile
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEGLSNearLossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from adaptor.data.image_io import ImageReadError, image_size, is_dicom, load_image
@@ -28,47 +25,6 @@ def _check_unit(arr: np.ndarray, shape: tuple[int, int]) -> None:
     assert arr.shape == shape
     assert np.isfinite(arr).all()
     assert arr.min() >= 0.0 and arr.max() <= 1.0
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    frames: int = 1,
-    **elements: object,
-) -> Path:
-    """Write an uncompressed DICOM; ``pixels`` is [frames?, rows, cols, samples?]."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    samples = 3 if photometric == "RGB" else 1
-    shape = pixels.shape[1:] if frames > 1 else pixels.shape
-    ds.Rows, ds.Columns = shape[0], shape[1]
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(np.issubdtype(pixels.dtype, np.signedinteger))
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = photometric
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-# ---------------------------------------------------------------- PIL formats
 
 
 def test_png_8bit(tmp_path: Path) -> None:

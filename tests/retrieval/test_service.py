@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -311,57 +306,16 @@ def test_api_key_guards_data_but_not_health(searcher: Searcher) -> None:
         assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_server(
-    index_dir: Path, log: Path, *args: str, api_key: str | None = None
-) -> Iterator[str]:
-    """A real ``adaptor serve`` process on 127.0.0.1 (its URL), stopped on exit."""
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("ADAPTOR_API_KEY", None)
-    if api_key:
-        env["ADAPTOR_API_KEY"] = api_key
-    command = [sys.executable, "-m", "adaptor.cli", "serve", "--index", str(index_dir)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"adaptor serve exited early:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"adaptor serve did not start:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
-def server(index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(
+    index_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    serve_index: Callable[..., AbstractContextManager[str]],
+) -> Iterator[str]:
     """``adaptor serve`` with an API key and small limits."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     limits = ("--max-k", "20", "--max-upload-mb", "0.25")
-    with running_server(index_dir, log, *limits, api_key="k3y") as url:
+    with serve_index(index_dir, log, *limits, api_key="k3y") as url:
         yield url
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from typer.testing import CliRunner, Result
 
 import adaptor
@@ -47,21 +46,6 @@ def _encoded(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _dicom_without_pixels(path: Path) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = 48, 48
-    ds.PatientID = "anon"
-    ds.save_as(path, enforce_file_format=True)
-
-
-# broken kind -> (how to make its file, words its skip reason must hold)
 BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "missing.png": (lambda p: None, "file not found"),
     "folder.png": (lambda p: p.mkdir(), "not a regular file"),
@@ -69,7 +53,10 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "text.png": (lambda p: p.write_text("not an image\n"), "cannot identify image file"),
     "truncated.png": (lambda p: p.write_bytes(_encoded("PNG")[:900]), "truncated"),
     "cut.jpg": (lambda p: p.write_bytes(_encoded("JPEG")[:400]), "truncated"),
-    "no-pixels.dcm": (_dicom_without_pixels, "DICOM has no pixel data"),
+    "no-pixels.dcm": (
+        lambda p: write_dicom(p, None, Rows=48, Columns=48, PatientID="anon"),
+        "DICOM has no pixel data",
+    ),
     "garbage.dcm": (lambda p: p.write_bytes(b"\x00garbage" * 40), "invalid DICOM"),
 }
 

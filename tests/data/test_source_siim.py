@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from dicom_files import write_radiograph
+from pydicom.uid import generate_uid
 
 from adaptor.data.image_io import load_image
 from adaptor.data.masks import load_mask
@@ -39,26 +39,9 @@ GOOD_ROWS = [
 PATIENTS = {NEG: "p-neg", ONE: "p-one", TWO: "p-two", SAME_PATIENT: "p-two", NO_PID: ""}
 
 
-def write_dicom(path: Path, patient_id: str, size: int = 32) -> None:
-    """A small uncompressed 12-bit MONOCHROME2 DICOM."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = path.stem
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = path.stem
-    ds.PatientID = patient_id
-    ds.Modality = "CR"
-    ds.Rows = ds.Columns = size
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+def _write(path: Path, patient_id: str) -> None:
+    """A layout's DICOM: its SOP instance UID is its file name, as in SIIM."""
+    write_radiograph(path, patient_id, sop_uid=path.stem)
 
 
 def dicom_path(root: Path, image_id: str) -> Path:
@@ -80,7 +63,7 @@ def make_tree(
     patients = PATIENTS if patients is None else patients
     (root / "dicom-images-train").mkdir(exist_ok=True)
     for image_id in dict.fromkeys(i for i, _ in rows):
-        write_dicom(dicom_path(root, image_id), patients.get(image_id, image_id))
+        _write(dicom_path(root, image_id), patients.get(image_id, image_id))
     return root
 
 
@@ -175,7 +158,7 @@ def test_bad_rle_is_a_record_error(tmp_path: Path, rles: list[str], reason: str)
 def test_missing_duplicate_and_unreadable_dicoms(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "siim", GOOD_ROWS)
     next((root / "dicom-images-train").rglob(f"{ONE}.dcm")).unlink()
-    write_dicom(dicom_path(root, TWO), "p-two")
+    _write(dicom_path(root, TWO), "p-two")
     bad = next((root / "dicom-images-train").rglob(f"{NEG}.dcm"))
     bad.write_bytes(b"not a dicom file")
     found = {r.record_id if isinstance(r, RecordError) else r.id: r for r in items(root)}

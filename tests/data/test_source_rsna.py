@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from dicom_files import write_radiograph
 
 from adaptor.data.image_io import load_image
 from adaptor.data.masks import load_mask
@@ -38,28 +37,6 @@ GOOD_CLASSES = [
 ]
 
 
-def write_dicom(path: Path, size: int = 32, patient_id: str = "anon") -> None:
-    """A small uncompressed 12-bit MONOCHROME2 DICOM."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientID = patient_id
-    ds.Modality = "CR"
-    ds.Rows = ds.Columns = size
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = (np.arange(size * size, dtype=np.uint16) % 4096).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def make_tree(
     root: Path, labels: list[str], classes: list[str] | None = None, images: bool = True
 ) -> Path:
@@ -71,7 +48,7 @@ def make_tree(
         )
     if images:
         for pid in dict.fromkeys(line.split(",")[0] for line in labels):
-            write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", patient_id=pid)
+            write_radiograph(root / "stage_2_train_images" / f"{pid}.dcm", patient_id=pid)
     return root
 
 

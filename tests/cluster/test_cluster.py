@@ -37,7 +37,7 @@ from adaptor.shards.writer import finished_shards
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPUS = os.cpu_count() or 1  # the head gets what a local run gets, so threads match
 JOB_ENV = {**QUIET_ENV, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

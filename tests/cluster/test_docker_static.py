@@ -25,7 +25,7 @@ from packaging.version import Version
 from adaptor.cli import app
 from adaptor.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 LOCK = DOCKER / "requirements.lock"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda"]

@@ -23,7 +23,7 @@ import pytest
 
 from adaptor.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 SCRIPTS = [DOCKER / "check-image.sh", DOCKER / "make-base.sh"]
 PODMAN = shutil.which("podman")

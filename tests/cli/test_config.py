@@ -29,7 +29,7 @@ from adaptor.pretrain import PretrainConfig
 from adaptor.pretrain.driver import _effective, _options
 
 runner = CliRunner()
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # what a command reads and writes, not how it runs: paths and --progress, never YAML keys
 IO = {"source", "out", "shards", "adaptor", "splits", "index", "progress"}

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT_FOLDERS = ("benchmarks", "tests", "pipelines")
 DOCUMENTS = ("README.md", "benchmarks/RESULTS.md")
 _COMMAND = re.compile(r"^\s*python (benchmarks/\S+)(.*)$")
