@@ -31,7 +31,7 @@ from adaptor.retrieval.routes.state import ServiceState, State
 from adaptor.retrieval.searcher import Searcher
 
 if TYPE_CHECKING:
-    from adaptor.retrieval.service import ServiceLimits
+    from adaptor.config import ServiceLimits
 
 MAX_LABELS = 32
 MAX_PROMPTS = 8  # per side of a label

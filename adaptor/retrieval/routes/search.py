@@ -19,7 +19,7 @@ from adaptor.retrieval.routes.state import State
 from adaptor.retrieval.searcher import Hit, Searcher
 
 if TYPE_CHECKING:
-    from adaptor.retrieval.service import ServiceLimits
+    from adaptor.config import ServiceLimits
 
 # one character that is white space to neither Python nor ECMAScript (they disagree on some)
 _NOT_BLANK = r"[^\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"

@@ -13,7 +13,7 @@ from adaptor.retrieval.batching import MicroBatcher
 from adaptor.retrieval.searcher import Searcher
 
 if TYPE_CHECKING:
-    from adaptor.retrieval.service import ServiceLimits
+    from adaptor.config import ServiceLimits
 
 
 @dataclass
