@@ -14,7 +14,7 @@ from adaptor.cli import app
 
 TINY = {
     "synth": {"n": 80, "size": 224},
-    "embed": {"batch_size": 16, "shard_size": 40, "loader_workers": 0},
+    "embed": {"batch_size": 16, "shard_size": 40},  # default loader workers (2), as users run
     "pretrain": {"epochs": 2, "batch_size": 16, "model": {"width": 32}},
     "finetune": {
         "fractions": [0.25, 1.0],
