@@ -6,7 +6,9 @@ default is :func:`from_field` becomes that field's option. Each option takes the
 default, its description as help (with its bounds), and lists in their comma form
 (``--fractions 0.01,0.1,1``). The command receives the validated model (or field value);
 an invalid value is one :class:`~adaptor.config.ConfigError` naming the option:
-``--width: must be ≥ 8, got 4``. So ``--help`` shows the defaults the YAML uses.
+``--width: must be ≥ 8, got 4``. So ``--help`` shows the defaults the YAML uses. Only
+the options the command line gives reach the model; the others take its defaults (the
+same values), so a model may tell them apart (``--preset reference --epochs 2``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydantic.fields import FieldInfo
 from adaptor.config.base import ConfigError, Loc, describe_errors, field_help
 
 F = TypeVar("F", bound=Callable[..., Any])
+_CONTEXT = "model_options_ctx"  # the command's click context: which options were given
 Model = type[BaseModel]
 
 
@@ -113,6 +116,11 @@ def model_options(fn: F | None = None, *, converted: Mapping[str, Converted] | N
             )
         else:
             params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation))
+    params.append(
+        inspect.Parameter(
+            _CONTEXT, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typer.Context
+        )
+    )
     names = [p.name for p in params]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -120,8 +128,9 @@ def model_options(fn: F | None = None, *, converted: Mapping[str, Converted] | N
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> Any:
+        ctx = kwargs.pop(_CONTEXT, None)
         for param in dict.fromkeys(s.param for s in specs):
-            kwargs[param] = _validated([s for s in specs if s.param == param], kwargs)
+            kwargs[param] = _validated([s for s in specs if s.param == param], kwargs, ctx)
         return fn(**kwargs)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -204,14 +213,24 @@ def _cli_type(annotation: Any) -> Any:
     return annotation
 
 
-def _validated(specs: list[OptionSpec], kwargs: dict[str, Any]) -> Any:
+def _given(ctx: typer.Context | None, name: str) -> bool:
+    """Whether the command line gave option ``name`` (True without a context: a direct call
+    gives every value)."""
+    source = ctx.get_parameter_source(name) if ctx else None
+    return source is None or source.name != "DEFAULT"
+
+
+def _validated(specs: list[OptionSpec], kwargs: dict[str, Any], ctx: typer.Context | None) -> Any:
     """What a command parameter receives: its validated model, or its one field's value."""
     values: dict[str, Any] = {}
     for spec in specs:
+        value = kwargs.pop(spec.name)
+        if not spec.single and not _given(ctx, spec.name):
+            continue  # the model's default (the same, tested), or what a preset fills in
         node = values
         for part in spec.path[:-1]:
             node = node.setdefault(part, {})
-        node[spec.path[-1]] = spec.to_field(kwargs.pop(spec.name))
+        node[spec.path[-1]] = spec.to_field(value)
     model, single = specs[0].model, specs[0].single
     prefix = specs[0].path if single else ()
 

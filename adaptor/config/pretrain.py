@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,6 +10,30 @@ from adaptor.config.base import Options, RayAddress
 
 Norm = Literal["post", "pre"]
 Wiring = Literal["ours", "reference"]
+Preset = Literal["ours", "reference"]
+
+# What `preset: reference` fills in: the values of the reference Adaptor (holajoa/Adaptor-VL-SSL:
+# models/adaptor.py for the shape, utils/args.py for the loss weight and the selection by val
+# loss, shell/pretrain.sh for the recipe). Options given explicitly win over these.
+REFERENCE: dict[str, Any] = {
+    "t2i_weight": 0.75,
+    "lr": 2e-5,
+    "weight_decay": 0.01,
+    "batch_size": 1024,
+    "epochs": 50,
+    "warmup_fraction": 0.02,
+    "schedule": "linear",
+    "select_by": "val_loss",
+    "model": {
+        "width": 768,
+        "heads": 12,
+        "layers": 2,
+        "ffn_hidden": 2048,
+        "dropout": 0.1,
+        "norm": "post",
+        "wiring": "reference",
+    },
+}
 
 
 class ModelOptions(Options):
@@ -39,6 +63,11 @@ class ModelOptions(Options):
 class PretrainOptions(Options):
     """Contrastive pretraining of the Adaptor under Ray Train: optimisation, loss, cluster, shape."""
 
+    preset: Preset = Field(
+        "ours",
+        description="ours, or reference: the reference's shape, recipe and selection fill every "
+        "option not given",
+    )
     epochs: int = Field(30, ge=1, description="training epochs")
     batch_size: int = Field(
         128, ge=2, description="pairs per worker per step (negatives: the global batch)"
@@ -63,6 +92,10 @@ class PretrainOptions(Options):
         le=1,
         description="loss weight of text→image, image→text takes the rest (the reference: 0.75)",
     )
+    select_by: Literal["val_recall", "val_loss"] = Field(
+        "val_recall",
+        description="the epoch kept: highest mean val recall, or lowest val loss",
+    )
     seed: int = Field(0, description="seed of the initial weights and the shuffling")
     workers: int = Field(
         1, ge=1, description="Ray Train workers; each reads a disjoint share of the shards"
@@ -76,3 +109,16 @@ class PretrainOptions(Options):
         0, ge=0, description="extra checkpoints every N steps (0: per epoch only)"
     )
     model: ModelOptions = Field(default_factory=ModelOptions, description="the Adaptor's shape")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """``preset: reference`` fills the keys not given with :data:`REFERENCE`."""
+        if not isinstance(data, dict) or data.get("preset") != "reference":
+            return data
+        model = data.get("model", {})
+        if isinstance(model, ModelOptions):
+            model = model.model_dump(exclude_unset=True)
+        if not isinstance(model, dict):
+            return data  # not a shape: the field's own validation says so
+        return {**REFERENCE, **data, "model": {**REFERENCE["model"], **model}}

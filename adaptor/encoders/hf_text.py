@@ -1,7 +1,8 @@
 """Hugging Face transformer text encoders (MiniLM, CXR-BERT, BioClinicalBERT, PubMedBERT, ...).
 
-Global = mean of the last hidden states over the attention mask (``"mean"``) or the first
-token's state (``"cls"``); no L2 normalisation. ``max_length`` defaults to
+Global = mean of the last hidden states over the attention mask (``"mean"``), the first
+token's state (``"cls"``) or the model's ``pooler_output`` (``"pooler"``, as the reference
+Adaptor takes it); no L2 normalisation. ``max_length`` defaults to
 ``min(tokenizer.model_max_length, config.max_position_embeddings)``.
 """
 
@@ -16,7 +17,7 @@ from torch import Tensor
 from adaptor.encoders.base import EncoderInfo, TextEncoder, TextOutput, TokenBatch, hub_loading
 from adaptor.encoders.fingerprint import fingerprint_module, tokenizer_digest
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "pooler")
 _REMOTE_HINT = " If the model ships its own code (e.g. CXR-BERT), append +remote to the name."
 _UNBOUNDED = 1_000_000  # HF uses a huge sentinel for "no limit" in model_max_length
 
@@ -43,7 +44,8 @@ class HFTokenize:
 
 
 class HFTextEncoder(TextEncoder):
-    """A Hugging Face ``AutoModel`` with mean or CLS pooling of its last hidden states."""
+    """A Hugging Face ``AutoModel`` with mean or CLS pooling of its last hidden states, or its
+    pooler output."""
 
     def __init__(
         self,
@@ -64,7 +66,11 @@ class HFTextEncoder(TextEncoder):
             tokenizer = AutoTokenizer.from_pretrained(
                 str(source), trust_remote_code=trust_remote_code
             )
-            model = AutoModel.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+            model, loading = AutoModel.from_pretrained(
+                str(source), trust_remote_code=trust_remote_code, output_loading_info=True
+            )
+        if pooling == "pooler":
+            _check_pooler(name, model, loading["missing_keys"])
         super().__init__(model)
         self.pooling = pooling
         self._tokenizer = tokenizer
@@ -84,8 +90,11 @@ class HFTextEncoder(TextEncoder):
 
     def _encode(self, tensors: dict[str, Tensor], with_states: bool) -> TextOutput:
         mask = tensors["attention_mask"]
-        states = self._model(**tensors).last_hidden_state.float()
-        if self.pooling == "cls":
+        output = self._model(**tensors)
+        states = output.last_hidden_state.float()
+        if self.pooling == "pooler":
+            global_ = output.pooler_output.float()
+        elif self.pooling == "cls":
             global_ = states[:, 0]
         else:
             weights = mask.unsqueeze(-1).to(states.dtype)
@@ -93,6 +102,18 @@ class HFTextEncoder(TextEncoder):
         if not with_states:
             return TextOutput(global_=global_)
         return TextOutput(global_=global_, states=states, attention_mask=mask)
+
+
+def _check_pooler(name: str, model: Any, missing: set[str]) -> None:
+    """Raise unless ``model`` has a pooler whose weights its checkpoint holds (a pooler
+    missing from it would be random)."""
+    if getattr(model, "pooler", None) is None:
+        raise ValueError(f"{name} ({type(model).__name__}) has no pooler; use @cls or @mean")
+    if any(key.startswith("pooler.") for key in missing):
+        raise ValueError(
+            f"{name} has no pooler weights in its checkpoint (its pooler would be random); "
+            "use @cls or @mean"
+        )
 
 
 def _default_max_length(tokenizer: Any, config: Any) -> int:

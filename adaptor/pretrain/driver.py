@@ -34,7 +34,7 @@ from adaptor.data.splits import VAL_CARVE_FRACTION, ValCarve, carve_val
 from adaptor.errors import AdaptorError
 from adaptor.model.adaptor import CONFIG_NAME, WEIGHTS_NAME
 from adaptor.pretrain.loop import (
-    SELECTION_METRIC,
+    SELECTION,
     STATE_FILE,
     Fault,
     newest_checkpoint,
@@ -228,7 +228,8 @@ def _val_split(
         return None, {"source": "none", "records": 0}
     log(
         f"no val records in {shards}: {carve.describe()}, about "
-        f"{VAL_CARVE_FRACTION:.0%} of the patients; val recall on it chooses the best epoch"
+        f"{VAL_CARVE_FRACTION:.0%} of the patients; its {cfg.select_by.replace('_', ' ')} "
+        "chooses the best epoch"
     )
     return carve, {
         "source": "carved",
@@ -368,7 +369,7 @@ def _write_outputs(
     best_metrics = history[best_epoch - 1] if history else {}
     metrics = {
         "best_epoch": best_epoch,
-        "selected_by": SELECTION_METRIC if best else LAST_EPOCH,
+        "selected_by": SELECTION[options["select_by"]][0] if best else LAST_EPOCH,
         "best": {k: v for k, v in best_metrics.items() if k.startswith(("val_", "chance_"))},
         "final": final,
         "untrained": state.get("untrained") or {},

@@ -27,6 +27,11 @@ from adaptor.shards.reader import EmbeddingTable
 
 STATE_FILE = "state.pt"
 SELECTION_METRIC = "val_recall_mean"
+# select_by → the val metric that chooses the kept epoch, and whether higher is better
+SELECTION: dict[str, tuple[str, bool]] = {
+    "val_recall": (SELECTION_METRIC, True),
+    "val_loss": ("val_loss", False),
+}
 
 Fault = Callable[[int], None]
 """An injected fault: called with the global step before every training step on every
@@ -172,17 +177,27 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics.update(_evaluate(model, val, config["t2i_weight"], device))
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         state["history"].append(metrics)
-        if (
-            rank == 0
-            and SELECTION_METRIC in metrics  # no val records: nothing to choose by
-            and (state["best"] is None or metrics[SELECTION_METRIC] > state["best"]["score"])
-        ):
+        score = improves(metrics, state["best"], config["select_by"])
+        if rank == 0 and score is not None:
             state["best"] = {
-                "score": metrics[SELECTION_METRIC],
+                "score": score,
                 "epoch": epoch + 1,
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             }
         _report(model, optimizer, scheduler, state, rank, config, metrics=metrics)
+
+
+def improves(metrics: dict[str, Any], best: dict[str, Any] | None, select_by: str) -> float | None:
+    """The score of an epoch's ``metrics`` if it beats ``best`` (the first of equal scores
+    stays) by the rule ``select_by`` (see :data:`SELECTION`); None if not, or without val
+    records (nothing to choose by)."""
+    key, higher = SELECTION[select_by]
+    if key not in metrics:
+        return None
+    score = metrics[key]
+    if best is None or (score > best["score"] if higher else score < best["score"]):
+        return score
+    return None
 
 
 def _report(model, optimizer, scheduler, state, rank, config, *, metrics=None) -> None:  # noqa: ANN001

@@ -23,6 +23,7 @@ from adaptor.encoders import (
     describe_encoder_names,
     fingerprint_module,
 )
+from adaptor.encoders.hf_text import POOLINGS
 
 TINY_CLIP = "adaptor-tiny-clip-test"
 
@@ -286,7 +287,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
 def test_hf_local_folder(tiny_bert_dir: Path, pooling: str) -> None:
     encoder = build_text_encoder(f"hf:{tiny_bert_dir}@{pooling}")
     _assert_frozen(encoder.module)
@@ -296,14 +297,38 @@ def test_hf_local_folder(tiny_bert_dir: Path, pooling: str) -> None:
     assert tokens.truncated == [False, True]
     out = encoder.encode(tokens, with_states=True)
     mask = out.attention_mask.unsqueeze(-1).float()
-    expected = out.states[:, 0] if pooling == "cls" else (out.states * mask).sum(1) / mask.sum(1)
+    expected = {
+        "cls": out.states[:, 0],
+        "mean": (out.states * mask).sum(1) / mask.sum(1),
+        "pooler": encoder.module.pooler(out.states),  # dense + tanh of the CLS state
+    }[pooling]
     torch.testing.assert_close(out.global_, expected)
 
 
+def test_hf_pooler_needs_trained_pooler_weights(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint without pooler weights would load a random pooler: refused."""
+    from transformers import AutoTokenizer, BertModel
+
+    BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path)
+    build_text_encoder(f"hf:{tmp_path}@cls")
+    with pytest.raises(ValueError, match="no pooler weights"):
+        build_text_encoder(f"hf:{tmp_path}@pooler")
+
+
+def test_hf_pooler_needs_a_pooler(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(vocab_size=17, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    DistilBertModel(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"\(DistilBertModel\) has no pooler"):
+        build_text_encoder(f"hf:{tmp_path}@pooler")
+
+
 def test_hf_pooling_changes_fingerprint(tiny_bert_dir: Path) -> None:
-    cls = build_text_encoder(f"hf:{tiny_bert_dir}@cls").info.fingerprint
-    mean = build_text_encoder(f"hf:{tiny_bert_dir}").info.fingerprint
-    assert cls != mean
+    prints = {build_text_encoder(f"hf:{tiny_bert_dir}@{p}").info.fingerprint for p in POOLINGS}
+    assert len(prints) == len(POOLINGS)
 
 
 @pytest.fixture(scope="module")
