@@ -130,7 +130,9 @@ def main() -> None:
         maps = [got[f"map{k}"] for k in range(args.levels)]
         masks = got["mask"]
         cached_bytes = sum(m.numel() * m.element_size() for m in maps)
-        decoder = SegmentationDecoder(channels, embedding_dim=EMBEDDING_DIM)
+        decoder = SegmentationDecoder(
+            channels, bottleneck="map+embedding", embedding_dim=EMBEDDING_DIM
+        )
         with _Clock() as cached:
             _epoch(decoder, lambda i: [m[i] for m in maps], masks, embeddings, args.batch_size)
         cached_epoch = cached.wall + load_cached.wall
@@ -139,7 +141,9 @@ def main() -> None:
             pixels = torch.stack([load_record(r, inputs)[0] for r in rows]).to(torch.float16)
         online_bytes = pixels.numel() * pixels.element_size()
         n_online = min(len(ids), args.online_batches * args.batch_size)
-        decoder = SegmentationDecoder(channels, embedding_dim=EMBEDDING_DIM)
+        decoder = SegmentationDecoder(
+            channels, bottleneck="map+embedding", embedding_dim=EMBEDDING_DIM
+        )
         with _Clock() as online:
             _epoch(
                 decoder,

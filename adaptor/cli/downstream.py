@@ -155,16 +155,21 @@ def finetune_segment(
     """Segmentation decoders on the frozen encoder's feature maps, with and without the Adaptor.
 
     A U-Net-style decoder over the encoder's multi-scale maps (`decoder`, the baseline)
-    against the same decoder given the Adaptor's image embedding at its bottleneck
-    (`decoder+adaptor`). Writes OUT/results.json, OUT/results.md, a Dice-vs-fraction plot
-    and OUT/segmentation_overlays.png.
+    against the same decoder given the Adaptor's image embedding beside its bottleneck
+    (`decoder+adaptor`), and the reference's heads (`adaptor-neck`, `adaptor-patches`).
+    Writes OUT/results.json, OUT/results.md, a Dice-vs-fraction plot and
+    OUT/segmentation_overlays.png.
     """
-    from adaptor.downstream.segmentation import SegmentationConfig, finetune_segmentation
+    from adaptor.downstream.segmentation import (
+        ADAPTOR_METHODS,
+        SegmentationConfig,
+        finetune_segmentation,
+    )
 
     made, _ = run.label_splits(grid.fractions, split)
     if adaptor is None:
         typer.echo("no --adaptor: training the plain decoder only")
-    methods = [m for m in options.methods if adaptor or m != "decoder+adaptor"] or options.methods
+    methods = [m for m in options.methods if adaptor or m not in ADAPTOR_METHODS] or options.methods
     cfg = run.config(SegmentationConfig, grid, options, adaptor=_path(adaptor), methods=methods)
     run.write_results(finetune_segmentation(cfg, made, progress=run.progress, log=typer.echo))
     typer.echo(f"results in {run.out} (results.json, results.md, plots)")

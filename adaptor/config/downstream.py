@@ -14,7 +14,8 @@ HeadName = Literal["linear", "mlp"]
 TargetKind = Literal["multilabel", "multiclass"]
 UncertainPolicy = Literal["ignore", "positive", "negative"]
 Feature = Literal["encoder", "adaptor"]
-SegmentationMethod = Literal["decoder", "decoder+adaptor"]
+SegmentationMethod = Literal["decoder", "decoder+adaptor", "adaptor-neck", "adaptor-patches"]
+SegmentationLoss = Literal["bce+dice", "focal+logdice"]
 FeatureMaps = Literal["cache", "online"]
 Unannotated = Literal["auto", "negative", "skip"]
 TuningMethod = Literal["frozen", "lora", "adapter", "layernorm", "apla", "full"]
@@ -110,7 +111,10 @@ class SegmentationOptions(Options):
     methods: CommaList[SegmentationMethod] = Field(
         default_factory=lambda: ["decoder", "decoder+adaptor"],
         min_length=1,
-        description="decoder (the baseline), decoder+adaptor",
+        description="decoder (the baseline), decoder+adaptor (Adaptor vector beside the "
+        "bottleneck), adaptor-neck (the reference's CNN head: the vector through a "
+        "transposed-conv neck replacing the bottleneck), adaptor-patches (the reference's "
+        "ViT head: the Adaptor over every patch token, decoded without skips)",
     )
     image_size: int | None = Field(
         128, ge=16, description="input and mask side in pixels (null: the encoder's own)"
@@ -130,6 +134,15 @@ class SegmentationOptions(Options):
     batch_size: int = Field(16, ge=1, description="images per training step")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    loss: SegmentationLoss = Field(
+        "bce+dice",
+        description="bce+dice (ours) or focal+logdice (the reference: 10·focal − log Dice)",
+    )
+    balance: bool = Field(
+        False,
+        description="train on every positive and as many randomly drawn negatives (the "
+        "reference's SIIM recipe)",
+    )
     overlay_images: int = Field(4, ge=1, description="test images in the overlay figure")
     extract_batch_size: int = Field(32, ge=1, description="images per encoder pass into the cache")
     loader_workers: int = Field(0, ge=0, description="processes decoding images for the cache")

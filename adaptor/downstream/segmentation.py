@@ -1,9 +1,13 @@
 """Segmentation decoders on the frozen image encoder's feature maps, with and without the Adaptor.
 
-Methods: ``decoder`` (a U-Net-style decoder over the encoder's multi-scale maps) and
-``decoder+adaptor`` (the same decoder with the frozen Adaptor's image embedding of each
-record injected at the bottleneck). Every method × label fraction × seed is one cell of a
-:func:`~adaptor.downstream.grid.run_grid` run, so a rerun resumes finished cells.
+Methods (:mod:`adaptor.heads.segmentation`): ``decoder`` (a U-Net-style decoder over the
+encoder's multi-scale maps), ``decoder+adaptor`` (the same decoder with the frozen
+Adaptor's image embedding of each record tiled beside the bottleneck), and the reference's
+two heads: ``adaptor-neck`` (the embedding through a transposed-convolution neck that
+replaces the bottleneck, the shallower maps as skips) and ``adaptor-patches`` (the frozen
+Adaptor's image path over every token of the deepest map, decoded without skips). Every
+method × label fraction × seed is one cell of a :func:`~adaptor.downstream.grid.run_grid`
+run, so a rerun resumes finished cells.
 
 Inputs. Each record's image goes through the image encoder's own preprocessing (resize,
 centre crop), at ``image_size`` when set; its mask (PNG, RLE or boxes, see
@@ -19,8 +23,10 @@ once into a float16 cache beside the shards (:mod:`adaptor.embed.feature_maps`);
 and the grid trains many decoders on the same images.
 
 Training. Every cell takes the same number of optimisation steps (``steps``; a small
-fraction is cycled through many epochs, the full one through few), AdamW on BCE + soft
-Dice, validation Dice every ``eval_every`` steps, early stopping after ``patience``
+fraction is cycled through many epochs, the full one through few), AdamW on ``loss``
+(BCE + soft Dice, or the reference's 10·focal − log Dice), on every training record or
+(``balance``) on its positives and as many drawn negatives, validation Dice every
+``eval_every`` steps, early stopping after ``patience``
 evaluations without improvement, and the best weights scored on the test split:
 aggregate Dice and IoU plus per-image values (:mod:`adaptor.metrics.segmentation`).
 A training subset without any foreground pixel cannot teach a decoder anything: its cell
@@ -59,13 +65,15 @@ from adaptor.embed.feature_maps import (
     resolve_unannotated,
 )
 from adaptor.encoders import build_image_encoder
+from adaptor.encoders.base import flatten_map
 from adaptor.errors import AdaptorError
-from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
+from adaptor.heads.segmentation import PatchGridDecoder, SegmentationDecoder, segmentation_loss
 from adaptor.metrics.segmentation import SegmentationScores
-from adaptor.model import load_adaptor_for
+from adaptor.model import Adaptor, load_adaptor_for
 from adaptor.shards import ShardReader
 
 OVERLAYS_NAME = "segmentation_overlays.png"
+ADAPTOR_METHODS = ("decoder+adaptor", "adaptor-neck", "adaptor-patches")  # need --adaptor
 
 
 class SegmentationError(AdaptorError, ValueError):
@@ -74,7 +82,7 @@ class SegmentationError(AdaptorError, ValueError):
 
 class SegmentationConfig(SegmentationOptions, GridOptions):
     """What ``adaptor finetune segment`` trains: the options, the shards, the Adaptor (needed
-    by ``decoder+adaptor``) and the results folder; ``cache_dir`` holds the feature-map cache
+    by the ``ADAPTOR_METHODS``) and the results folder; ``cache_dir`` holds the feature-map cache
     (default: beside the shards).
 
     ``image_size`` None keeps the encoder's own input size; the default 128 px makes the
@@ -142,9 +150,7 @@ def plan_segmentation(
     """Check the inputs, fill the feature-map cache (``feature_maps="cache"``), list the cells."""
     shards = Path(cfg.shards).resolve()
     reader = ShardReader(shards)
-    _check_adaptor(cfg)
-    if "decoder+adaptor" in cfg.methods:
-        load_adaptor_for(Path(cfg.adaptor), reader.manifest, shards)  # fail before any work
+    adaptor = _check_adaptor(cfg, reader, shards)
     source = reader.manifest.source
     unannotated = resolve_unannotated(cfg.unannotated, source)
     if unannotated == "skip":
@@ -170,6 +176,8 @@ def plan_segmentation(
         unannotated=unannotated,
     )
     shapes = probe_feature_shapes(encoder, inputs.preprocess.size)[-cfg.levels :]
+    if "adaptor-patches" in cfg.methods:
+        _check_patch_tokens(adaptor, shapes[-1][0], encoder_info["name"])
     cache_parent = Path(cfg.cache_dir) if cfg.cache_dir else shards / "feature_maps"
     cache_path = cache_folder(
         cache_parent, encoder.info.to_dict(), inputs.preprocess.size, cfg.levels, unannotated
@@ -216,11 +224,29 @@ def plan_segmentation(
     return SegmentationPlan(cells=cells, shared=shared, run_dir=run_dir, skipped=skipped)
 
 
-def _check_adaptor(cfg: SegmentationConfig) -> None:
-    if "decoder+adaptor" in cfg.methods and not cfg.adaptor:
+def _check_adaptor(cfg: SegmentationConfig, reader: ShardReader, shards: Path) -> Adaptor | None:
+    """The Adaptor the methods need, loaded and checked against the shards (None if none)."""
+    needing = [m for m in cfg.methods if m in ADAPTOR_METHODS]
+    if not needing:
+        return None
+    if not cfg.adaptor:
         raise SegmentationError(
-            "method 'decoder+adaptor' needs --adaptor (a folder from `adaptor pretrain`)"
+            f"method {needing[0]!r} needs --adaptor (a folder from `adaptor pretrain`)"
         )
+    return load_adaptor_for(Path(cfg.adaptor), reader.manifest, shards)
+
+
+def _check_patch_tokens(adaptor: Adaptor, channels: int, encoder: str) -> None:
+    """``adaptor-patches`` feeds the deepest map's tokens to the Adaptor: their width must fit."""
+    try:
+        adaptor.encode_image_tokens(torch.zeros(1, 1, channels))
+    except ValueError as err:
+        raise SegmentationError(
+            f"method 'adaptor-patches' cannot run on {encoder!r}: its deepest feature map's "
+            f"tokens do not fit the Adaptor ({err}); it needs an encoder whose patch tokens "
+            "have the global embedding's width (ViTs, EfficientNet) or an Adaptor pretrained "
+            "on shards embedded with patch tokens"
+        ) from None
 
 
 def _needed_ids(cfg: SegmentationConfig, splits: LabelSplits) -> list[str]:
@@ -262,9 +288,14 @@ class _WorkerData:
         else:
             self.cache = FeatureMapCache(Path(shared["cache"]))
             self.available = set(self.cache.ids)
+        self.adaptor: Adaptor | None = None
         self.embeddings: dict[str, Tensor] = {}
         if shared["adaptor"]:
-            self.embeddings = _adaptor_embeddings(shared["shards"], shared["adaptor"])
+            reader = ShardReader(shared["shards"])
+            self.adaptor = load_adaptor_for(
+                Path(shared["adaptor"]), reader.manifest, Path(shared["shards"])
+            )
+            self.embeddings = _adaptor_embeddings(reader, self.adaptor)
         self._subsets: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def _load_online(self, shared: dict[str, Any]) -> None:
@@ -310,11 +341,27 @@ class _WorkerData:
             return self.encoder.feature_maps(data["pixels"][index].float())[-self.levels :]
         return [m[index] for m in data["maps"]]
 
+    def inputs(
+        self, data: dict[str, Any], index: Tensor, method: str
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """What ``method``'s decoder reads for rows ``index`` of a subset: maps, embedding."""
+        maps = self.maps(data, index)
+        if method == "decoder":
+            return maps, None
+        if method == "adaptor-patches":
+            return [self._patch_grid(maps[-1])], None
+        return maps, data["embedding"][index]
 
-def _adaptor_embeddings(shards: str, adaptor_dir: str) -> dict[str, Tensor]:
+    def _patch_grid(self, deepest: Tensor) -> Tensor:
+        """The frozen Adaptor's output over every token of the deepest map, as a grid."""
+        b, _, h, w = deepest.shape
+        with torch.inference_mode():
+            tokens = self.adaptor.encode_image_tokens(flatten_map(deepest.float()))
+        return tokens.transpose(1, 2).reshape(b, -1, h, w)
+
+
+def _adaptor_embeddings(reader: ShardReader, adaptor: Adaptor) -> dict[str, Tensor]:
     """The frozen Adaptor's image-path embedding of every record in the shards, by id."""
-    reader = ShardReader(shards)
-    adaptor = load_adaptor_for(Path(adaptor_dir), reader.manifest, Path(shards))
     table = reader.load(members=("image",))
     with torch.inference_mode():
         fused = torch.cat([adaptor.encode_image(b) for b in table.arrays["image"].split(1024)])
@@ -327,12 +374,12 @@ def train_segmentation_cell(
     """Train one decoder (one method × fraction × seed) and score it on the test split."""
     cfg = shared["config"]
     method, fraction, seed = cell.params["method"], cell.params["fraction"], cell.params["seed"]
-    use_embedding = method == "decoder+adaptor"
     train = data.subset(shared["train"][fraction_key(fraction)])
+    if cfg["balance"]:
+        train = data.subset(_balanced_ids(train, seed))
     val, test = data.subset(shared["val"]), data.subset(shared["test"])
     torch.manual_seed(seed)
-    embedding_dim = next(iter(data.embeddings.values())).shape[0] if use_embedding else None
-    decoder = SegmentationDecoder([s[0] for s in shared["map_shapes"]], embedding_dim=embedding_dim)
+    decoder = _build_decoder(method, shared["map_shapes"], data.adaptor)
     result = CellResult(
         task="segmentation",
         method=method,
@@ -355,10 +402,10 @@ def train_segmentation_cell(
         raise SegmentationError("segmentation needs records in the val and test splits")
 
     started = time.perf_counter()
-    best = _fit(decoder, data, train, val, cfg, seed, use_embedding)
+    best = _fit(decoder, data, train, val, cfg, seed, method)
     seconds = time.perf_counter() - started
     decoder.load_state_dict(best["state"])
-    scores, per_image = _score(decoder, data, test, cfg["batch_size"], use_embedding)
+    scores, per_image = _score(decoder, data, test, cfg["batch_size"], method)
     result.metrics = scores
     result.extra.update(
         {
@@ -371,21 +418,49 @@ def train_segmentation_cell(
             "per_image": per_image,
         }
     )
-    _save_overlay_predictions(decoder, data, shared, cell.key, use_embedding)
+    _save_overlay_predictions(decoder, data, shared, cell.key, method)
     return result.to_dict()
+
+
+Decoder = SegmentationDecoder | PatchGridDecoder
+
+
+def _build_decoder(method: str, map_shapes: list[list[int]], adaptor: Adaptor | None) -> Decoder:
+    """The head of ``method`` for maps of ``map_shapes`` ([C, H, W], shallow → deep)."""
+    channels = [s[0] for s in map_shapes]
+    if method == "decoder":
+        return SegmentationDecoder(channels)
+    if method == "adaptor-patches":
+        return PatchGridDecoder(adaptor.config.width)
+    bottleneck = "neck" if method == "adaptor-neck" else "map+embedding"
+    return SegmentationDecoder(
+        channels,
+        bottleneck=bottleneck,
+        embedding_dim=adaptor.config.width,
+        bottleneck_size=map_shapes[-1][1:],
+    )
+
+
+def _balanced_ids(train: dict[str, Any], seed: int) -> list[str]:
+    """Every positive of a training subset and as many negatives drawn at random (seeded)."""
+    positive = train["mask"].flatten(1).any(1).tolist()
+    negatives = [i for i, p in zip(train["ids"], positive, strict=True) if not p]
+    rng = np.random.default_rng(seed)
+    keep = set(rng.permutation(negatives)[: sum(positive)].tolist()) if negatives else set()
+    return [i for i, p in zip(train["ids"], positive, strict=True) if p or i in keep]
 
 
 TASK = GridTask("segmentation decoders", _WorkerData, train_segmentation_cell)
 
 
 def _fit(
-    decoder: SegmentationDecoder,
+    decoder: Decoder,
     data: _WorkerData,
     train: dict[str, Any],
     val: dict[str, Any],
     cfg: dict[str, Any],
     seed: int,
-    use_embedding: bool,
+    method: str,
 ) -> dict[str, Any]:
     """Fixed-step AdamW training with early stopping on the validation Dice."""
     optimizer = torch.optim.AdamW(
@@ -403,9 +478,8 @@ def _fit(
         index = order[cursor : cursor + batch]
         cursor += batch
         decoder.train()
-        embedding = train["embedding"][index] if use_embedding else None
-        logits = decoder(data.maps(train, index), embedding, out_size=out_size)
-        loss = segmentation_loss(logits, train["mask"][index])
+        logits = decoder(*data.inputs(train, index, method), out_size=out_size)
+        loss = segmentation_loss(logits, train["mask"][index], kind=cfg["loss"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -413,7 +487,7 @@ def _fit(
         best["seen"] += len(index)
         best["steps_run"] = step
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-            score = _score(decoder, data, val, cfg["batch_size"], use_embedding)[0]["dice"]
+            score = _score(decoder, data, val, cfg["batch_size"], method)[0]["dice"]
             score = -1.0 if score is None else score
             if best["state"] is None or score > best["score"]:
                 state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
@@ -428,33 +502,32 @@ def _fit(
 
 @torch.no_grad()
 def _predict(
-    decoder: SegmentationDecoder,
+    decoder: Decoder,
     data: _WorkerData,
     subset: dict[str, Any],
     batch_size: int,
-    use_embedding: bool,
+    method: str,
 ) -> Tensor:
     """Binary masks ``[N, H, W]`` predicted for every row of a subset."""
     decoder.eval()
     out_size = subset["mask"].shape[-2:]
     preds = []
     for index in torch.arange(len(subset["ids"])).split(max(batch_size, 32)):
-        embedding = subset["embedding"][index] if use_embedding else None
-        logits = decoder(data.maps(subset, index), embedding, out_size=out_size)
+        logits = decoder(*data.inputs(subset, index, method), out_size=out_size)
         preds.append(logits[:, 0] > 0)
     return torch.cat(preds)
 
 
 def _score(
-    decoder: SegmentationDecoder,
+    decoder: Decoder,
     data: _WorkerData,
     subset: dict[str, Any],
     batch_size: int,
-    use_embedding: bool,
+    method: str,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Dice and IoU (aggregate and per image) of a subset's predictions."""
     scores = SegmentationScores()
-    scores.update(_predict(decoder, data, subset, batch_size, use_embedding), subset["mask"])
+    scores.update(_predict(decoder, data, subset, batch_size, method), subset["mask"])
     per_image = {
         "ids": subset["ids"],
         "dice": [None if v is None else round(v, 4) for v in scores.image_dice],
@@ -464,17 +537,17 @@ def _score(
 
 
 def _save_overlay_predictions(
-    decoder: SegmentationDecoder,
+    decoder: Decoder,
     data: _WorkerData,
     shared: dict[str, Any],
     key: str,
-    use_embedding: bool,
+    method: str,
 ) -> None:
     """Predicted masks of the overlay records, for :func:`plot_overlays`."""
     subset = data.subset(shared["overlay_ids"])
     if not subset["ids"]:
         return
-    pred = _predict(decoder, data, subset, len(subset["ids"]), use_embedding)
+    pred = _predict(decoder, data, subset, len(subset["ids"]), method)
     with atomic_open(_overlay_file(Path(shared["run_dir"]), key), "wb") as fh:
         np.savez_compressed(fh, ids=np.array(subset["ids"]), pred=pred.numpy().astype(np.uint8))
 

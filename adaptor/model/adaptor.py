@@ -319,6 +319,33 @@ class Adaptor(nn.Module):
             img, _ = layer(img, None, None)
         return F.normalize(self.image_final_norm(img[:, 0]), dim=-1)
 
+    def encode_image_tokens(self, tokens: Tensor) -> Tensor:
+        """Every output token [B, N, width] of the image-only path run over ``tokens`` alone.
+
+        The reference's ViT segmentation path (``DINOv2Segmenter``): patch tokens
+        [B, N, C] are projected (by the patch projection when the Adaptor was trained with
+        patch tokens of width C, else by the global image projection, as the reference
+        does, when C is the image width), L2-normalised, and self-attend through every
+        layer. No global token is added and the output tokens are not normalised.
+        """
+        c = self.config
+        if tokens.ndim != 3:
+            raise ValueError(f"image tokens must have shape [B, N, C], got {tuple(tokens.shape)}")
+        if self.image_patch_proj is not None and tokens.shape[2] == c.image_patch_dim:
+            proj = self.image_patch_proj
+        elif tokens.shape[2] == c.image_dim:
+            proj = self.image_proj
+        else:
+            raise ValueError(
+                f"image tokens have {tokens.shape[2]} channels; this Adaptor takes image vectors "
+                f"of {c.image_dim}"
+                + (f" and patch tokens of {c.image_patch_dim}" if c.image_patch_dim else "")
+            )
+        seq = F.normalize(proj(tokens), dim=-1)
+        for layer in self.layers:
+            seq, _ = layer(seq, None, None)
+        return self.image_final_norm(seq)
+
     def encode_text(
         self,
         text: Tensor,

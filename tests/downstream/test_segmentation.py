@@ -19,6 +19,8 @@ from adaptor.downstream.segmentation import (
     TASK,
     SegmentationConfig,
     SegmentationError,
+    _balanced_ids,
+    _check_patch_tokens,
     finetune_segmentation,
     plan_segmentation,
     train_segmentation_cell,
@@ -35,7 +37,7 @@ from adaptor.embed.feature_maps import (
 )
 from adaptor.encoders import ImagePreprocess, build_image_encoder
 from adaptor.errors import AdaptorError
-from adaptor.heads.segmentation import SegmentationDecoder, segmentation_loss
+from adaptor.heads.segmentation import PatchGridDecoder, SegmentationDecoder, segmentation_loss
 from adaptor.metrics.segmentation import SegmentationScores
 from adaptor.model import Adaptor, AdaptorConfig, AdaptorMismatchError
 from adaptor.shards import ShardReader
@@ -70,9 +72,14 @@ def test_decoder_output_matches_the_mask_for_each_encoder(
     assert [tuple(m.shape[1:]) for m in maps] == probe_feature_shapes(
         encoder, inputs.preprocess.size
     )
-    for embedding_dim in (None, 32):
-        decoder = SegmentationDecoder([m.shape[1] for m in maps], embedding_dim=embedding_dim)
-        embedding = torch.randn(1, 32) if embedding_dim else None
+    for bottleneck in ("map", "map+embedding", "neck"):
+        decoder = SegmentationDecoder(
+            [m.shape[1] for m in maps],
+            bottleneck=bottleneck,
+            embedding_dim=None if bottleneck == "map" else 32,
+            bottleneck_size=maps[-1].shape[-2:],
+        )
+        embedding = None if bottleneck == "map" else torch.randn(1, 32)
         logits = decoder(maps, embedding, out_size=mask.shape)
         assert logits.shape == (1, 1, *mask.shape)
         segmentation_loss(logits, torch.from_numpy(mask)[None]).backward()
@@ -86,7 +93,7 @@ def test_decoder_refuses_maps_or_embedding_it_was_not_built_for() -> None:
         decoder(maps[::-1], out_size=(32, 32))
     with pytest.raises(ValueError, match="without an embedding"):
         decoder(maps, torch.zeros(1, 4), out_size=(32, 32))
-    with_embedding = SegmentationDecoder([8, 16], embedding_dim=4)
+    with_embedding = SegmentationDecoder([8, 16], bottleneck="map+embedding", embedding_dim=4)
     assert with_embedding.num_trainable_parameters() > decoder.num_trainable_parameters()
     with pytest.raises(ValueError, match="takes an embedding"):
         with_embedding(maps, out_size=(32, 32))
@@ -376,14 +383,120 @@ def test_finetune_cli_segmentation(seg_setup: dict, tmp_path: Path) -> None:
     seg_setup["splits"].save(splits)
     res = tmp_path / "res"
     args = ["finetune", "segment", "--shards", str(seg_setup["shards"])]
-    args += ["--adaptor", str(seg_setup["root"] / "adaptor"), "--out", str(res)]
+    args += ["--adaptor", str(seg_setup["root"] / "adaptor")]
     args += ["--splits", str(splits), "--fractions", "1", "--seeds", "0", "--steps", "3"]
     args += ["--image-size", "64", "--no-progress"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--out", str(res)])
     assert result.exit_code == 0, result.output
     for method in ("decoder", "decoder+adaptor"):
         assert f"| {method} | 100 % |" in result.output
     assert (res / OVERLAYS_NAME).is_file() and (res / "segmentation_vs_fraction.png").is_file()
 
-    bad = CliRunner().invoke(app, ["finetune", "detection", *args[2:]])
+    # the reference's heads, loss and balanced training set, by name
+    reference = ["--methods", "adaptor-neck,adaptor-patches", "--loss", "focal+logdice"]
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(tmp_path / "ref"), *reference, "--balance"]
+    )
+    assert result.exit_code == 0, result.output
+    for method in ("adaptor-neck", "adaptor-patches"):
+        assert f"| {method} | 100 % |" in result.output
+
+    bad = CliRunner().invoke(app, ["finetune", "detection", *args[2:], "--out", str(res)])
     assert bad.exit_code == 2 and "No such command 'detection'" in bad.output, bad.output
+
+
+# ---------------------------------------------------------------- the reference's heads
+
+
+def _reference_mixed_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A port of the reference's MixedLoss(alpha=10, gamma=2, modified_dice_loss=False)
+    (github holajoa/Adaptor-VL-SSL, MGCA/mgca/utils/segmentation_loss.py)."""
+    max_val = (-logits).clamp(min=0)
+    loss = logits - logits * target + max_val + ((-max_val).exp() + (-logits - max_val).exp()).log()
+    invprobs = torch.nn.functional.logsigmoid(-logits * (target * 2.0 - 1.0))
+    focal = ((invprobs * 2.0).exp() * loss).mean()
+    p_flat, t_flat = logits.sigmoid().view(-1), target.view(-1)
+    dice = (2.0 * (p_flat * t_flat).sum() + 1.0) / (p_flat.sum() + t_flat.sum() + 1.0)
+    return 10.0 * focal - torch.log(dice)
+
+
+def test_focal_logdice_loss_matches_the_reference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 8, 8, generator=gen) * 3
+    masks = torch.rand(3, 8, 8, generator=gen) > 0.7
+    ours = segmentation_loss(logits, masks, kind="focal+logdice")
+    assert ours.item() == pytest.approx(
+        _reference_mixed_loss(logits, masks.float()[:, None]).item(), rel=1e-6
+    )
+    assert ours.item() != pytest.approx(segmentation_loss(logits, masks).item(), rel=1e-3)
+
+
+def test_the_neck_replaces_the_bottleneck() -> None:
+    """adaptor-neck: the embedding decides the bottleneck; the deepest map is not read."""
+    torch.manual_seed(0)
+    decoder = SegmentationDecoder(
+        [8, 16], bottleneck="neck", embedding_dim=12, bottleneck_size=(4, 4)
+    ).eval()
+    maps = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    embedding = torch.randn(2, 12)
+    out = decoder(maps, embedding, out_size=(32, 32))
+    assert out.shape == (2, 1, 32, 32)
+    other_deepest = [maps[0], torch.randn(2, 16, 4, 4)]
+    assert torch.equal(decoder(other_deepest, embedding, out_size=(32, 32)), out)
+    assert not torch.allclose(decoder(maps, torch.randn(2, 12), out_size=(32, 32)), out)
+    # the reference's two transposed convolutions make its 7×7 map from one vector
+    assert decoder.neck(embedding[:, :, None, None]).shape[-2:] == (7, 7)
+    with pytest.raises(ValueError, match="needs bottleneck_size"):
+        SegmentationDecoder([8, 16], bottleneck="neck", embedding_dim=12)
+    with pytest.raises(ValueError, match="needs embedding_dim"):
+        SegmentationDecoder([8, 16], bottleneck="map+embedding")
+
+
+def test_the_patch_grid_decoder() -> None:
+    decoder = PatchGridDecoder(24, widths=(16, 8))
+    grid = torch.randn(2, 24, 4, 4)
+    logits = decoder([grid], out_size=(20, 20))
+    assert logits.shape == (2, 1, 20, 20)
+    segmentation_loss(logits, torch.zeros(2, 20, 20)).backward()
+    assert all(p.grad is not None for p in decoder.parameters())
+    with pytest.raises(ValueError, match="one \\[B, 24, h, w\\] grid"):
+        decoder([grid, grid], out_size=(20, 20))
+
+
+def test_balanced_training_ids_keep_every_positive() -> None:
+    masks = torch.zeros(10, 4, 4, dtype=torch.uint8)
+    masks[[1, 4, 7], 0, 0] = 1
+    train = {"ids": [f"r{i}" for i in range(10)], "mask": masks}
+    kept = _balanced_ids(train, seed=0)
+    assert {"r1", "r4", "r7"} <= set(kept) and len(kept) == 6
+    assert kept == [i for i in train["ids"] if i in kept]  # order kept
+    assert _balanced_ids(train, seed=0) == kept and _balanced_ids(train, seed=1) != kept
+
+
+def test_patch_tokens_that_do_not_fit_the_adaptor_are_refused() -> None:
+    adaptor = Adaptor(AdaptorConfig(image_dim=32, text_dim=8, width=16, heads=2, ffn_hidden=32))
+    _check_patch_tokens(adaptor, 32, "timm:vit")  # the reference's case: tokens as wide as CLS
+    with pytest.raises(SegmentationError, match="'adaptor-patches' cannot run on 'cnn'.*112"):
+        _check_patch_tokens(adaptor, 112, "cnn")
+
+
+@pytest.mark.parametrize("method", ["adaptor-neck", "adaptor-patches"])
+def test_reference_heads_train_a_cell(seg_setup: dict, tmp_path: Path, method: str) -> None:
+    cfg = _cfg(
+        seg_setup,
+        tmp_path,
+        methods=[method],
+        fractions=[1.0],
+        seeds=[0],
+        loss="focal+logdice",
+        balance=True,
+    )
+    plan = plan_segmentation(cfg, seg_setup["splits"], progress=False, log=lambda _: None)
+    (cell,) = plan.cells
+    result = train_segmentation_cell(cell, plan.shared, TASK.prepare(plan.shared))
+    train = seg_setup["splits"].train_ids(1.0)
+    positives = sum(1 for r in seg_setup["meta"] if r["id"] in set(train) and r["mask"])
+    assert result["extra"]["train_positives"] == positives
+    assert result["extra"]["train_records"] == min(2 * positives, len(train))
+    assert 0.0 <= result["metrics"]["dice"] <= 1.0
+    assert result["extra"]["per_image"]["ids"] == seg_setup["splits"].test

@@ -330,3 +330,25 @@ def test_save_without_wiring_key_loads_as_ours(tmp_path: Path) -> None:
     image, text = torch.randn(3, 12), torch.randn(3, 10)
     with torch.no_grad():
         assert torch.equal(loaded(image, text).image, model(image, text).image)
+
+
+@pytest.mark.parametrize("wiring", ["reference", "ours"])
+def test_patch_token_path(wiring: str) -> None:
+    """``encode_image_tokens``: the reference's segmentation path over every patch token."""
+    ours = _perturbed(_config(wiring))
+    tokens = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = ours.encode_image_tokens(tokens)
+        assert out.shape == (3, 5, 48)
+        # one token is the image-only path before its final normalisation
+        one = ours.encode_image_tokens(tokens[:, :1])[:, 0]
+        assert torch.allclose(F.normalize(one, dim=-1), ours.encode_image(tokens[:, 0]), atol=1e-6)
+        if wiring == "reference":  # the port's layers over the projected, unit-norm tokens
+            port = _PortAdaptor(ours.config).eval()
+            port.load_state_dict(_port_state(ours.state_dict(), ours.config.layers))
+            seq = port._unit(port.visual_projection(tokens))
+            for layer in port.layers:
+                seq = layer(seq)
+            assert torch.allclose(out, seq, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="7 channels; this Adaptor takes image vectors of 12"):
+        ours.encode_image_tokens(torch.randn(1, 4, 7))
