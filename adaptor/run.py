@@ -9,14 +9,18 @@ Layout under ``OUT``::
     OUT/<dataset>/<encoder-pair>/      embedding shards + manifest.json
     OUT/runs/<dataset>/pretrain/       Adaptor weights (adaptor/), metrics, curves, Ray checkpoints
     OUT/runs/<dataset>/downstream/     splits.json, results.json/md, plots, per-model cells
+    OUT/runs/<dataset>/pretrain-<preset>/, downstream-<preset>/
+                                       each preset of ``compare``, pretrained and evaluated
+                                       the same way; its rows join the main results table
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -24,6 +28,10 @@ from adaptor.config import GridOptions, RunConfig
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
 from adaptor.pretrain import PretrainConfig, PretrainResult, describe, pretrain
+
+if TYPE_CHECKING:
+    from adaptor.data.splits import LabelSplits
+    from adaptor.downstream.results import CellResult
 
 Log = Callable[[str], None]  # the default, tqdm.write, keeps messages off the progress bars
 
@@ -41,6 +49,14 @@ class FlowPaths:
     @property
     def adaptor(self) -> Path:
         return self.pretrain / "adaptor"
+
+    def compared(self, preset: str) -> FlowPaths:
+        """Where the Adaptor of a compared preset is pretrained and evaluated."""
+        return replace(
+            self,
+            pretrain=self.pretrain.with_name(f"pretrain-{preset}"),
+            downstream=self.downstream.with_name(f"downstream-{preset}"),
+        )
 
 
 @dataclass
@@ -107,61 +123,124 @@ def stage_embed(
     return result
 
 
+def compared_presets(cfg: RunConfig) -> list[str]:
+    """The presets of ``cfg.compare`` other than the main Adaptor's own, in order."""
+    return [p for p in cfg.compare if p != cfg.pretrain.preset]
+
+
 def stage_pretrain(
     cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
 ) -> PretrainResult:
-    """Contrastive Adaptor pretraining on the shards (resumes from checkpoints)."""
+    """Contrastive Adaptor pretraining on the shards (resumes from checkpoints), then the
+    Adaptor of every compared preset; returns the main Adaptor's result."""
     paths = flow_paths(cfg, out)
-    log(f"[pretrain] {paths.shards} -> {paths.pretrain}")
-    trained = pretrain(
-        PretrainConfig(
-            shards=str(paths.shards), out=str(paths.pretrain), **cfg.pretrain.model_dump()
-        ),
-        progress=progress,
-        log=log,
-    )
-    log(f"[pretrain] {describe(trained.metrics)}")
-    return trained
+    runs = [(cfg.pretrain, paths)]
+    runs += [
+        (cfg.pretrain.with_preset(p, cfg.compare[p]), paths.compared(p))
+        for p in compared_presets(cfg)
+    ]
+    results = []
+    for options, where in runs:
+        log(f"[pretrain] preset {options.preset}: {where.shards} -> {where.pretrain}")
+        trained = pretrain(
+            PretrainConfig(
+                shards=str(where.shards), out=str(where.pretrain), **options.model_dump()
+            ),
+            progress=progress,
+            log=log,
+        )
+        log(f"[pretrain] preset {options.preset}: {describe(trained.metrics)}")
+        results.append(trained)
+    return results[0]
 
 
 def stage_finetune(
     cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
 ) -> Path | None:
-    """Downstream heads from nested label splits; returns ``results.md`` (None if no tasks)."""
+    """Downstream heads from nested label splits; returns ``results.md`` (None if no tasks).
+
+    Every compared preset's Adaptor is evaluated on the same splits by the methods that
+    read an Adaptor (the encoder baselines are not retrained); its rows are named
+    ``METHOD (PRESET)`` in the one results table.
+    """
     from adaptor.data.splits import load_or_make_splits
-    from adaptor.downstream.classification import ClassificationConfig, finetune_classification
     from adaptor.downstream.results import merge_results
     from adaptor.shards import ShardReader
 
-    ft = cfg.finetune
-    if not ft.tasks:
+    if not cfg.finetune.tasks:
         return None
     paths = flow_paths(cfg, out)
     splits_path = paths.downstream / "splits.json"
     meta = ShardReader(paths.shards).load(members=()).meta
-    splits, _ = load_or_make_splits(splits_path, meta, ft.fractions, ft.split_seed)
+    splits, _ = load_or_make_splits(
+        splits_path, meta, cfg.finetune.fractions, cfg.finetune.split_seed
+    )
+    cells = _finetune_cells(cfg, paths, splits, splits_path, progress=progress, log=log)
+    for preset in compared_presets(cfg):
+        compared = _finetune_cells(
+            cfg,
+            paths.compared(preset),
+            splits,
+            splits_path,
+            preset=preset,
+            progress=progress,
+            log=log,
+        )
+        cells += [replace(c, method=f"{c.method} ({preset})") for c in compared]
+    results_md = merge_results(paths.downstream, cells, notes=splits.warnings)
+    log(f"[finetune] results in {results_md}")
+    return results_md
+
+
+def _finetune_cells(
+    cfg: RunConfig,
+    paths: FlowPaths,
+    splits: LabelSplits,
+    splits_path: Path,
+    *,
+    preset: str | None = None,
+    progress: bool,
+    log: Log,
+) -> list[CellResult]:
+    """Every task's cells for the Adaptor in ``paths``; with ``preset`` (a compared
+    Adaptor), only the methods that read the Adaptor."""
+    from adaptor.downstream.classification import ClassificationConfig, finetune_classification
+    from adaptor.downstream.segmentation import (
+        ADAPTOR_METHODS,
+        SegmentationConfig,
+        finetune_segmentation,
+    )
+
+    ft = cfg.finetune
     io = {
         "shards": str(paths.shards),
         "out": str(paths.downstream),
         "adaptor": str(paths.adaptor),
         **ft.model_dump(include=set(GridOptions.model_fields)),
     }
-    cells = []
-    if "classification" in ft.tasks:
-        log(f"[finetune] classification heads -> {paths.downstream}")
-        classification = ClassificationConfig(**io, **ft.classification.model_dump())
+    label = f" ({preset})" if preset else ""
+    cells: list[CellResult] = []
+    classification = ft.classification.model_dump()
+    if preset:
+        classification["features"] = [f for f in classification["features"] if f == "adaptor"]
+    if "classification" in ft.tasks and classification["features"]:
+        log(f"[finetune] classification heads{label} -> {paths.downstream}")
         cells += finetune_classification(
-            classification, splits, splits_path=splits_path, progress=progress, log=log
+            ClassificationConfig(**io, **classification),
+            splits,
+            splits_path=splits_path,
+            progress=progress,
+            log=log,
         )
-    if "segmentation" in ft.tasks:
-        from adaptor.downstream.segmentation import SegmentationConfig, finetune_segmentation
-
-        log(f"[finetune] segmentation decoders -> {paths.downstream}")
-        segmentation = SegmentationConfig(**io, **ft.segmentation.model_dump())
-        cells += finetune_segmentation(segmentation, splits, progress=progress, log=log)
-    results_md = merge_results(paths.downstream, cells, notes=splits.warnings)
-    log(f"[finetune] results in {results_md}")
-    return results_md
+    segmentation = ft.segmentation.model_dump()
+    if preset:
+        segmentation["methods"] = [m for m in segmentation["methods"] if m in ADAPTOR_METHODS]
+    if "segmentation" in ft.tasks and segmentation["methods"]:
+        log(f"[finetune] segmentation decoders{label} -> {paths.downstream}")
+        cells += finetune_segmentation(
+            SegmentationConfig(**io, **segmentation), splits, progress=progress, log=log
+        )
+    return cells
 
 
 def stage_index(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write) -> str:

@@ -109,7 +109,7 @@ class SegmentationOptions(Options):
     """Decoders on the frozen image encoder's feature maps, with and without the Adaptor."""
 
     methods: CommaList[SegmentationMethod] = Field(
-        default_factory=lambda: ["decoder", "decoder+adaptor"],
+        default_factory=lambda: ["decoder", "decoder+adaptor", "adaptor-neck"],
         min_length=1,
         description="decoder (the baseline), decoder+adaptor (Adaptor vector beside the "
         "bottleneck), adaptor-neck (the reference's CNN head: the vector through a "

@@ -122,3 +122,12 @@ class PretrainOptions(Options):
         if not isinstance(model, dict):
             return data  # not a shape: the field's own validation says so
         return {**REFERENCE, **data, "model": {**REFERENCE["model"], **model}}
+
+    def with_preset(
+        self, preset: Preset, overrides: dict[str, Any] | None = None
+    ) -> PretrainOptions:
+        """These options under another preset: the recipe and shape are the preset's own
+        but for ``overrides``, the rest (seed, cluster, checkpoints, objective) is kept."""
+        recipe = {*REFERENCE, "preset", "model"}
+        kept = {k: v for k, v in self.model_dump().items() if k not in recipe}
+        return PretrainOptions.model_validate({**kept, **(overrides or {}), "preset": preset})

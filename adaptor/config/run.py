@@ -11,7 +11,14 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from adaptor.config.base import ConfigError, Loc, Options, describe_errors, dotted, field_help
+from adaptor.config.base import (
+    ConfigError,
+    Loc,
+    Options,
+    describe_errors,
+    dotted,
+    field_help,
+)
 from adaptor.config.downstream import (
     ClassificationOptions,
     GridOptions,
@@ -19,7 +26,7 @@ from adaptor.config.downstream import (
     SplitOptions,
 )
 from adaptor.config.embed import EmbedOptions
-from adaptor.config.pretrain import PretrainOptions
+from adaptor.config.pretrain import Preset, PretrainOptions
 from adaptor.config.retrieval import IndexOptions
 from adaptor.config.synth import SynthOptions
 
@@ -66,10 +73,26 @@ class RunConfig(Options):
     pretrain: PretrainOptions = Field(
         default_factory=PretrainOptions, description="the Adaptor, under Ray Train"
     )
+    compare: dict[Preset, dict[str, Any]] = Field(
+        default_factory=lambda: {"reference": {}},
+        description="Adaptor presets also pretrained (their own recipe and shape, but for "
+        "the pretrain keys given here) and evaluated beside `pretrain`: rows '… (PRESET)' in "
+        "the table; {} for none",
+    )
     finetune: FinetuneOptions = Field(
         default_factory=FinetuneOptions, description="downstream heads from label fractions"
     )
     index: IndexOptions = Field(default_factory=IndexOptions, description="the retrieval index")
+
+    @field_validator("compare")
+    @classmethod
+    def _compared_options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for preset, overrides in value.items():
+            try:
+                PretrainOptions().with_preset(preset, overrides)
+            except ValidationError as err:
+                raise ValueError(f"{preset}: {describe_errors(err)}") from None
+        return value
 
     @field_validator("dataset")
     @classmethod

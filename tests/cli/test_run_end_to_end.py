@@ -16,6 +16,7 @@ TINY = {
     "synth": {"n": 80, "size": 224},
     "embed": {"batch_size": 16, "shard_size": 40},  # default loader workers (2), as users run
     "pretrain": {"epochs": 2, "batch_size": 16, "model": {"width": 32}},
+    "compare": {"reference": {"epochs": 2, "batch_size": 16}},  # its 1024 exceeds 80 records
     "finetune": {
         "fractions": [0.25, 1.0],
         "seeds": [0, 1],
@@ -38,13 +39,23 @@ def test_adaptor_run_end_to_end_then_resume(tmp_path: Path) -> None:
     table = (downstream / "results.md").read_text()
     for row in ("| encoder+linear | 25 % |", "| adaptor+linear | 100 % |"):
         assert row in table
-    for row in ("| decoder | 25 % |", "| decoder+adaptor | 100 % |"):
+    for row in ("| decoder | 25 % |", "| decoder+adaptor | 100 % |", "| adaptor-neck | 25 % |"):
         assert row in table
+    # the reference preset's Adaptor, pretrained with its own recipe, in the same table
+    for row in ("| adaptor+linear (reference) | 25 % |", "| adaptor-neck (reference) | 100 % |"):
+        assert row in table
+    assert "| encoder+linear (reference)" not in table and "| decoder (reference)" not in table
     for plot in ("classification_roc.png", "segmentation_overlays.png"):
         assert (downstream / plot).stat().st_size > 1000
     cells = json.loads((downstream / "results.json").read_text())["cells"]
-    assert len(cells) == 2 * 2 * 2 + 2 * 2 * 2  # (features x fractions x seeds) per task
-    assert (out / "runs" / "synthetic" / "pretrain" / "adaptor" / "model.safetensors").is_file()
+    # (methods x fractions x seeds) per task: ours, then the reference's Adaptor methods
+    assert len(cells) == 2 * 2 * 2 + 3 * 2 * 2 + 1 * 2 * 2 + 2 * 2 * 2
+    for name in ("pretrain", "pretrain-reference"):
+        assert (out / "runs" / "synthetic" / name / "adaptor" / "model.safetensors").is_file()
+    reference = json.loads(
+        (out / "runs/synthetic/pretrain-reference/adaptor/config.json").read_text()
+    )
+    assert (reference["wiring"], reference["width"], reference["layers"]) == ("reference", 768, 2)
     assert (out / "runs" / "synthetic" / "index" / "manifest.json").is_file()
     assert "example searches" in first.output and "-> images" in first.output
 
