@@ -17,9 +17,11 @@ from adaptor.encoders.fingerprint import fingerprint_module
 from adaptor.encoders.registry import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
+    EFFICIENTNET_LITE_ENCODERS,
     UnknownEncoderError,
     build_image_encoder,
     build_text_encoder,
+    check_encoder_name,
     describe_encoder_names,
 )
 from adaptor.encoders.transform import ImagePreprocess
@@ -27,6 +29,7 @@ from adaptor.encoders.transform import ImagePreprocess
 __all__ = [
     "DEFAULT_IMAGE_ENCODER",
     "DEFAULT_TEXT_ENCODER",
+    "EFFICIENTNET_LITE_ENCODERS",
     "EncoderInfo",
     "EncoderLoadError",
     "ImageEncoder",
@@ -38,6 +41,7 @@ __all__ = [
     "UnknownEncoderError",
     "build_image_encoder",
     "build_text_encoder",
+    "check_encoder_name",
     "describe_encoder_names",
     "fingerprint_module",
 ]

