@@ -100,9 +100,7 @@ def stage_source(cfg: RunConfig, out: Path, *, progress: bool = True, log: Log =
         log(f"[synth] reusing {raw}/records.jsonl")
     else:
         log(f"[synth] writing {cfg.synth.n} synthetic records to {raw}")
-        generate_synthetic(
-            raw, n=cfg.synth.n, seed=cfg.synth.seed, size=cfg.synth.size, progress=progress
-        )
+        generate_synthetic(raw, progress=progress, **cfg.synth.model_dump())
     return f"synthetic:{raw}"
 
 

@@ -39,7 +39,7 @@ def synth(
     """Write a synthetic paired chest-radiograph set: images, reports, labels, masks, splits."""
     from adaptor.data.synthetic import generate_synthetic
 
-    records = generate_synthetic(out, n=options.n, seed=options.seed, size=options.size)
+    records = generate_synthetic(out, **options.model_dump())
     typer.echo(f"wrote {len(records)} records to {out / 'records.jsonl'}")
 
 

@@ -2,7 +2,7 @@
 
 Every image is drawn from simple anatomy (body, lungs, mediastinum and heart,
 ribs, clavicles, spine, trachea) with findings painted on top, and every report
-is written from the same findings. Nothing is random outside
+is written from the same findings (or none: an image-only set). Nothing is random outside
 ``np.random.default_rng`` streams seeded from ``(seed, index)``, so a given
 seed always gives the same bytes, and record ``i`` does not depend on ``n``.
 
@@ -13,6 +13,13 @@ Findings with a region (``REGION_FINDINGS``) write their union to a binary mask;
 cardiomegaly and support devices have no mask. A finding labelled ``-1`` is drawn
 faintly and hedged in the report ("possible", "cannot exclude"); ``no_finding``
 is ``1`` only when every other finding is ``0``.
+
+Acquisition: the standard one draws each study's exposure (contrast, brightness, gamma)
+from fixed ranges. Another :class:`~adaptor.config.synth.Acquisition` (``"shifted"``, or
+your own) blurs, resamples and adds noise to the exposure before the display curve, bends
+that curve, and changes how many studies have findings: a second site for transfer
+studies. Labels and masks mean the same in every acquisition; its noise has its own
+stream, so the standard acquisition is unchanged byte for byte.
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from adaptor.config.synth import MAX_SIZE, MIN_SIZE, SynthOptions
+from adaptor.config.synth import (
+    ABNORMAL_SHARE,
+    ACQUISITIONS,
+    MAX_SIZE,
+    MIN_SIZE,
+    Acquisition,
+    SynthOptions,
+)
 from adaptor.data.records import SPLITS, Record, write_records_jsonl
 
 FINDINGS: tuple[str, ...] = (
@@ -60,6 +74,7 @@ _SPLIT_CUTS = (0.70, 0.85)  # train below the first, val below the second, test 
 
 _EXPOSURE = ((0.85, 1.15), (-0.05, 0.05), (0.85, 1.15))  # contrast, brightness, gamma ranges
 _STREAM_RECORD, _STREAM_PATIENT_SIZES, _STREAM_ANATOMY, _STREAM_SPLIT = 0, 1, 2, 3
+_STREAM_ACQUISITION = 4  # a non-standard acquisition's noise (per record)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -504,11 +519,20 @@ def _draw_finding(c: _Canvas, a: _Anatomy, f: _Finding, rng: np.random.Generator
     # cardiomegaly is drawn by the heart's width in _mediastinum
 
 
-def _sample_findings(rng: np.random.Generator) -> list[_Finding]:
-    """0-3 findings with their side/zone/size; about 35 % of studies are normal."""
+def _n_findings_p(prevalence: float) -> tuple[float, ...]:
+    """P(0..3 findings) with the share of studies that have any scaled by ``prevalence``."""
+    if prevalence == 1:
+        return _N_FINDINGS_P
+    return (1 - prevalence * ABNORMAL_SHARE, *(prevalence * p for p in _N_FINDINGS_P[1:]))
+
+
+def _sample_findings(rng: np.random.Generator, prevalence: float = 1.0) -> list[_Finding]:
+    """0-3 findings with their side/zone/size; about 35 % of studies are normal (at
+    ``prevalence`` 1; it scales the 65 % that are not)."""
     names = list(_FINDING_WEIGHTS)
     weights = np.array([_FINDING_WEIGHTS[n] for n in names])
-    k = int(rng.choice(len(_N_FINDINGS_P), p=_N_FINDINGS_P))
+    p = _n_findings_p(prevalence)
+    k = int(rng.choice(len(p), p=p))
     chosen = sorted(rng.choice(len(names), size=k, replace=False, p=weights / weights.sum()))
     out = []
     for i in chosen:
@@ -537,13 +561,51 @@ def _sample_findings(rng: np.random.Generator) -> list[_Finding]:
 # --------------------------------------------------------------------------- rendering
 
 
+def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with mirrored edges."""
+    radius = max(int(math.ceil(3 * sigma)), 1)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(img, pad, mode="reflect")
+        n = img.shape[axis]
+        out = np.zeros_like(img)
+        for k, w in enumerate(taps):
+            out += w * (padded[k : k + n] if axis == 0 else padded[:, k : k + n])
+        img = out
+    return img
+
+
+def _detector(img: np.ndarray, acq: Acquisition, rng: np.random.Generator, size: int) -> np.ndarray:
+    """The exposure as a non-standard detector records it: blurred, sampled at
+    ``acq.resolution`` of the side (box-averaged), noisy per detector pixel, resized back."""
+    if acq.blur > 0:
+        img = _gaussian_blur(img, acq.blur * size / 256)
+    side = max(round(size * acq.resolution), 1)
+    if side != size:
+        img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BOX))
+    if acq.noise > 0:
+        img = img + acq.noise * rng.standard_normal(img.shape, np.float32)
+    if side != size:
+        img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
+    return img.astype(np.float32, copy=False)
+
+
 def _render(
-    a: _Anatomy, findings: list[_Finding], rng: np.random.Generator, size: int
+    a: _Anatomy,
+    findings: list[_Finding],
+    rng: np.random.Generator,
+    size: int,
+    acquisition: Acquisition = ACQUISITIONS["standard"],
+    detector_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one study; return the 8-bit image and the boolean region mask.
 
     Everything random that is not a finding is drawn first, so the same ``rng`` state
-    rendered without its findings gives the study's finding-free twin.
+    rendered without its findings gives the study's finding-free twin. A non-standard
+    ``acquisition`` draws its noise from ``detector_rng`` (default: a fixed stream).
     """
     X, Y = _canonical_grid(size, a)
     zeros = np.zeros((size, size), np.float32)
@@ -581,6 +643,11 @@ def _render(
     if a.gastric_bubble:
         img -= _gastric_bubble(c, a)
     img += c.extra + grain
+    if not acquisition.is_standard:
+        img = _detector(img, acquisition, detector_rng or np.random.default_rng(0), size)
+        contrast *= acquisition.contrast
+        brightness += acquisition.brightness
+        gamma *= acquisition.gamma
     img = np.clip((img - 0.4) * contrast + 0.4 + brightness, 1e-4, 1)
     img = np.exp(gamma * np.log(img))  # img ** gamma, without numpy's slow float32 pow
     return np.round(img * 255).astype(np.uint8), c.mask
@@ -853,23 +920,46 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
+def _resolve_acquisition(acquisition: str | Acquisition) -> tuple[str, Acquisition]:
+    """An acquisition's name (``"custom"`` for one given as values) and its values."""
+    if isinstance(acquisition, Acquisition):
+        name = next((k for k, v in ACQUISITIONS.items() if v == acquisition), "custom")
+        return name, acquisition
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(
+            f"acquisition must be one of {', '.join(ACQUISITIONS)} (or an Acquisition), "
+            f"got {acquisition!r}"
+        )
+    return acquisition, ACQUISITIONS[acquisition]
+
+
 def generate_synthetic(
     out_dir: Path,
     n: int,
     seed: int = _DEFAULT.seed,
     size: int = _DEFAULT.size,
     progress: bool = True,
+    *,
+    acquisition: str | Acquisition = _DEFAULT.acquisition,
+    reports: bool = _DEFAULT.reports,
 ) -> list[Record]:
     """Write ``n`` synthetic chest radiographs, masks and reports under ``out_dir``.
 
     Creates ``images/<id>.png`` (8-bit grayscale, ``size`` x ``size``),
     ``masks/<id>.png`` (0/255) for studies with a regional finding, and finally
-    ``records.jsonl``. Returns the records, with absolute paths.
+    ``records.jsonl``. Returns the records, with absolute paths. Keyword names follow
+    :class:`SynthOptions`: ``generate_synthetic(out, **options.model_dump())``.
+
+    ``acquisition``: a name of ``ACQUISITIONS`` or an :class:`Acquisition`; records of a
+    non-standard one carry ``metadata["acquisition"]``. ``reports=False`` writes an
+    image-only set: every report empty (the ``synthetic:`` source then declares it has no
+    reports), images, labels, masks and splits the same as with reports.
     """
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be in {MIN_SIZE}..{MAX_SIZE}, got {size}")
     if n < 0 or seed < 0:
         raise ValueError(f"n and seed must be non-negative, got n={n}, seed={seed}")
+    name, acq = _resolve_acquisition(acquisition)
     out_dir = Path(out_dir).resolve()
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -879,15 +969,17 @@ def generate_synthetic(
         p = patients[i]
         habitus = _sample_habitus(np.random.default_rng([seed, _STREAM_ANATOMY, p]))
         rng = np.random.default_rng([seed, _STREAM_RECORD, i])
-        findings = _sample_findings(rng)
-        image, mask = _render(_place_study(habitus, rng), findings, rng, size)
+        findings = _sample_findings(rng, acq.prevalence)
+        detector_rng = np.random.default_rng([seed, _STREAM_ACQUISITION, i])
+        image, mask = _render(_place_study(habitus, rng), findings, rng, size, acq, detector_rng)
         record = Record(
             id=f"synth-{i:06d}",
             image=out_dir / "images" / f"synth-{i:06d}.png",
-            report=_write_report(findings, rng),
+            report=_write_report(findings, rng) if reports else "",
             labels=_labels(findings),
             split=_split_of_patient(p, seed),
             patient_id=f"pt-{p:05d}",
+            metadata={} if acq.is_standard else {"acquisition": name},
         )
         _save_png(image, record.image)
         if any(f.name in REGION_FINDINGS for f in findings):

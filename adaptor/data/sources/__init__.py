@@ -2,7 +2,8 @@
 
 ``open_source("KIND:PATH")`` picks the layout by kind. Built in:
 
-- ``synthetic:DIR`` — a folder written by ``adaptor synth`` (its ``records.jsonl``)
+- ``synthetic:DIR`` — a folder written by ``adaptor synth`` (its ``records.jsonl``); one
+  written without reports is image-only (``has_reports`` False)
 - ``jsonl:FILE`` and ``csv:FILE`` — users' own data (see :mod:`.tabular`;
   ``?labels=a,b&onehot=c`` name label and categorical columns)
 - published dataset layouts, one module each: ``mimic-cxr``, ``chexpert``,
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +46,22 @@ def _synthetic(path: Path, options: dict[str, str]) -> Source:
         )
     source = TabularSource(records, "jsonl")
     source.spec = f"synthetic:{path.resolve()}"
+    source.has_reports = _any_report(records)  # `adaptor synth --no-reports`: image-only
     return source
+
+
+def _any_report(records: Path) -> bool:
+    """Whether any line of a synthetic ``records.jsonl`` holds a report (stops at the first)."""
+    with open(records, "rb") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the source reports the bad line itself
+            report = row.get("report") if isinstance(row, dict) else None
+            if isinstance(report, str) and report.strip():
+                return True
+    return False
 
 
 def _tabular(fmt: str) -> Callable[[Path, dict[str, str]], Source]:

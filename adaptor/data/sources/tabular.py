@@ -84,6 +84,8 @@ class TabularSource:
     ``onehot`` names categorical columns turned into one-hot labels.
     """
 
+    has_reports = True  # an image-only set (``adaptor synth --no-reports``) sets False
+
     def __init__(
         self,
         path: Path,
