@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adaptor.config.base import Options
 from adaptor.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+
+NO_ENCODER = "none"
+"""An encoder name that embeds nothing on that side: one-sided shards (join them later with
+:func:`adaptor.shards.join_shards`)."""
 
 
 class EmbedOptions(Options):
     """Frozen encoders → embedding shards: what is embedded, and how."""
 
     image_encoder: str = Field(
-        DEFAULT_IMAGE_ENCODER, description="image encoder name (see `adaptor encoders`)"
+        DEFAULT_IMAGE_ENCODER,
+        description=f"image encoder name (see `adaptor encoders`); {NO_ENCODER}: text-only "
+        "shards, no image is read",
     )
     text_encoder: str = Field(
-        DEFAULT_TEXT_ENCODER, description="text encoder name (see `adaptor encoders`)"
+        DEFAULT_TEXT_ENCODER,
+        description=f"text encoder name (see `adaptor encoders`); {NO_ENCODER}: image-only "
+        "shards, empty reports kept",
     )
     batch_size: int = Field(32, ge=1, description="records per encoder forward pass")
     shard_size: int = Field(500, ge=1, description="records per shard (by position in the source)")
@@ -31,6 +39,14 @@ class EmbedOptions(Options):
     )
     patch_tokens: bool = Field(False, description="also store the image encoder's patch tokens")
     text_states: bool = Field(False, description="also store the text encoder's token states")
+
+    @model_validator(mode="after")
+    def _some_encoder(self) -> EmbedOptions:
+        if self.image_encoder == NO_ENCODER and self.text_encoder == NO_ENCODER:
+            raise ValueError(
+                f"image_encoder and text_encoder are both {NO_ENCODER!r}: nothing to embed"
+            )
+        return self
 
 
 class ActorOptions(Options):

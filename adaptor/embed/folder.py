@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from adaptor.atomic import remove_stale_partials
+from adaptor.config.embed import NO_ENCODER
 from adaptor.embed.job import EmbedError
-from adaptor.shards.manifest import Manifest, ShardEntry, encoder_differences
-from adaptor.shards.writer import finished_shards
+from adaptor.shards.manifest import Manifest, encoder_differences
+from adaptor.shards.writer import finished_shards, fold_finished, shard_count
+
+__all__ = ["finish_manifest", "open_output", "require_samples", "shard_count", "shares_of"]
 
 SHOWN_SKIP_REASONS = 5  # distinct skip reasons an error about an empty job quotes
-
-
-def shard_count(total_items: int, shard_size: int) -> int:
-    """Number of shards of a job with ``total_items`` records (at least one, maybe empty)."""
-    return max(1, -(-total_items // shard_size))
 
 
 def open_output(
@@ -41,8 +39,15 @@ def open_output(
     """
     if out.is_dir() and Manifest.exists(out):
         old = Manifest.load(out)
-        diffs = encoder_differences(old.encoders.get("image", {}), encoders["image"], "image")
-        diffs += encoder_differences(old.encoders.get("text", {}), encoders["text"], "text")
+        diffs = []
+        for role in ("image", "text"):
+            held, ran = old.encoders.get(role), encoders.get(role)
+            if held and ran:
+                diffs += encoder_differences(held, ran, role)
+            elif held or ran:
+                diffs.append(
+                    f"{role} encoder: folder has {_name(held)!r}, this run has {_name(ran)!r}"
+                )
         for what, before, now in (
             ("source", old.source, source_spec),
             ("shard size", old.shard_size, shard_size),
@@ -76,6 +81,10 @@ def open_output(
     return manifest
 
 
+def _name(encoder: dict[str, Any] | None) -> str:
+    return encoder["name"] if encoder else NO_ENCODER
+
+
 def require_samples(manifest: Manifest, out: Path) -> None:
     """Raise EmbedError when a finished job holds no sample, naming the source and the reasons
     its records were skipped; the manifest with its skip report stays in ``out``."""
@@ -96,24 +105,15 @@ def require_samples(manifest: Manifest, out: Path) -> None:
 def shares_of(out: Path, manifest: Manifest, wanted: list[int]) -> Manifest:
     """A copy of ``manifest`` holding only the finished shards in ``wanted`` (not saved)."""
     done = {i: info for i, info in finished_shards(out).items() if i in wanted}
-    return _fold(dataclasses.replace(manifest, complete=False), done)
+    return fold_finished(dataclasses.replace(manifest, complete=False), done)
 
 
 def finish_manifest(out: Path, manifest: Manifest | None = None) -> Manifest:
     """Fold every shard's progress record into the manifest and mark the job complete."""
     manifest = manifest if manifest is not None else Manifest.load(out)
     done = finished_shards(out)
-    _fold(manifest, done)
+    fold_finished(manifest, done)
     manifest.complete = len(done) == shard_count(manifest.total_items, manifest.shard_size)
     manifest.save(out)
     remove_stale_partials(out)
-    return manifest
-
-
-def _fold(manifest: Manifest, done: dict[int, dict[str, Any]]) -> Manifest:
-    """Set the manifest's shard list and totals from progress records; return it."""
-    manifest.shards = [ShardEntry(**done[i]["shard"]) for i in sorted(done)]
-    manifest.skipped = [s for i in sorted(done) for s in done[i]["skipped"]]
-    manifest.truncated_reports = sum(done[i]["truncated_reports"] for i in done)
-    manifest.count = sum(s.count for s in manifest.shards)
     return manifest

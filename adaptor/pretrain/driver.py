@@ -98,6 +98,12 @@ def pretrain(
         raise PretrainError(
             f"{cfg.workers} workers need at least as many shards; {shards} has {len(reader.paths)}"
         )
+    missing = [m for m in ("image", "text") if m not in reader.manifest.members]
+    if missing:
+        raise PretrainError(
+            f"{shards} holds no {' or '.join(missing)} embeddings (embedded with "
+            f"--{missing[0]}-encoder none); pretraining needs paired shards"
+        )
     options = _options(cfg, reader.manifest)
     saved = newest_checkpoint(run_dir / "ray" / "pretrain", torch.device("cpu"), mmap=True)
     done = _finished_outputs(run_dir, saved, options)

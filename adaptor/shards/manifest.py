@@ -12,6 +12,9 @@ from adaptor.errors import AdaptorError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# the arrays a sample may store, in the order a manifest lists them, and whose encoder made each
+MEMBER_ORDER = ("image", "text", "image_patches", "text_states")
+ROLE_MEMBERS = {"image": ("image", "image_patches"), "text": ("text", "text_states")}
 
 
 class ShardMismatchError(AdaptorError, ValueError):
@@ -34,7 +37,9 @@ class Manifest:
     """Everything a reader needs to trust a shard folder.
 
     ``encoders`` maps ``image``/``text`` to ``{name, fingerprint, dim, dtype}``.
-    ``skipped`` lists ``{id, reason}`` for every record left out.
+    ``skipped`` lists ``{id, reason}`` for every record left out. A one-sided folder
+    (``adaptor embed`` with an encoder ``none``) has one role only; a folder made by
+    :func:`~adaptor.shards.join.join_shards` names its inputs in ``joined_from``.
     """
 
     source: str
@@ -48,10 +53,14 @@ class Manifest:
     truncated_reports: int = 0
     shards: list[ShardEntry] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    joined_from: dict[str, dict[str, str]] | None = None
 
     def save(self, folder: str | Path) -> None:
-        """Write ``folder/manifest.json`` atomically."""
-        atomic_write_json(Path(folder) / MANIFEST_NAME, asdict(self))
+        """Write ``folder/manifest.json`` atomically (``joined_from`` only when set)."""
+        raw = asdict(self)
+        if raw["joined_from"] is None:
+            del raw["joined_from"]
+        atomic_write_json(Path(folder) / MANIFEST_NAME, raw)
 
     @classmethod
     def load(cls, folder: str | Path) -> Manifest:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from adaptor.shards.manifest import Manifest, check_encoders
+from adaptor.shards.manifest import Manifest, ShardMismatchError, check_encoders
 
 
 @dataclass
@@ -116,12 +116,25 @@ class ShardReader:
     def load(
         self,
         split: str | None = None,
-        members: tuple[str, ...] = ("image", "text"),
+        members: tuple[str, ...] | None = None,
         *,
         rank: int = 0,
         world_size: int = 1,
     ) -> EmbeddingTable:
-        """Every sample of ``split`` (or all) in this rank's shards, in order, as float32 tensors."""
+        """Every sample of ``split`` (or all) in this rank's shards, in order, as float32 tensors.
+
+        ``members``: the arrays to stack; default ``image`` and ``text``, those the folder
+        stores (a one-sided folder has one of them). Asking for one it lacks is an error.
+        """
+        stored = self.manifest.members
+        if members is None:
+            members = tuple(m for m in ("image", "text") if m in stored)
+        lacking = [m for m in members if m not in stored]
+        if lacking:
+            raise ShardMismatchError(
+                f"shards in {self.folder} hold no {', '.join(lacking)} (they store {stored}); "
+                "embed them with that encoder, or join them with a folder that has it"
+            )
         rows = [
             s
             for s in self.samples(rank=rank, world_size=world_size)

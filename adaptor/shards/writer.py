@@ -18,9 +18,14 @@ import numpy as np
 import webdataset as wds
 
 from adaptor.atomic import atomic_open, atomic_write_json
-from adaptor.shards.manifest import ShardEntry
+from adaptor.shards.manifest import Manifest, ShardEntry
 
 PROGRESS_DIR = ".progress"
+
+
+def shard_count(total_items: int, shard_size: int) -> int:
+    """Number of shards of a job with ``total_items`` records (at least one, maybe empty)."""
+    return max(1, -(-total_items // shard_size))
 
 
 def shard_name(index: int) -> str:
@@ -89,6 +94,15 @@ def finished_shards(folder: Path) -> dict[int, dict[str, Any]]:
         if tar.is_file() and tar.stat().st_size == entry["bytes"]:
             done[entry["index"]] = info
     return done
+
+
+def fold_finished(manifest: Manifest, done: dict[int, dict[str, Any]]) -> Manifest:
+    """Set the manifest's shard list, skips and totals from progress records; return it."""
+    manifest.shards = [ShardEntry(**done[i]["shard"]) for i in sorted(done)]
+    manifest.skipped = [s for i in sorted(done) for s in done[i]["skipped"]]
+    manifest.truncated_reports = sum(done[i]["truncated_reports"] for i in done)
+    manifest.count = sum(s.count for s in manifest.shards)
+    return manifest
 
 
 def file_sha256(path: Path) -> str:
