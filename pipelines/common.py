@@ -74,7 +74,7 @@ def open_job(options: JobOptions, *, after: Literal["embed", "pretrain"] | None 
     ``pretrain``: the shards and the Adaptor). Nothing is written but OUT itself, and Ray is
     not started: every check fails before any work."""
     cfg = load_config(options.config)
-    out = _output_root(options.out)
+    out = output_root(options.out)
     if after is None:
         _check_source(cfg)
         _check_encoders(cfg)
@@ -150,7 +150,7 @@ def run_job(main: Callable[..., Any]) -> None:
     job_app(main)()
 
 
-def _output_root(out: Path) -> Path:
+def output_root(out: Path) -> Path:
     from adaptor.embed.actors import check_writable
 
     in_ray_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by Ray for a job's driver

@@ -2,13 +2,13 @@
 
 Each module registers its verbs on the one Typer ``app``:
 ``flow`` (synth, embed, pretrain, encoders, run, config), ``downstream`` (splits, finetune
-heads|segment|tune), ``retrieval`` (index, search, serve). Their options are made from the
+heads|segment|tune), ``retrieval`` (index, search, serve), ``study`` (the transfer study). Their options are made from the
 stage models of :mod:`adaptor.config` (:mod:`adaptor.config.cli`).
 """
 
 from __future__ import annotations
 
-from adaptor.cli import downstream, flow, retrieval  # noqa: F401  (register their commands)
+from adaptor.cli import downstream, flow, retrieval, study  # noqa: F401  (register commands)
 from adaptor.cli.app import app
 
 __all__ = ["app", "main"]

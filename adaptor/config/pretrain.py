@@ -35,6 +35,8 @@ REFERENCE: dict[str, Any] = {
     },
 }
 
+RECIPE_KEYS = frozenset({*REFERENCE, "preset", "model"})  # what a preset decides
+
 
 class ModelOptions(Options):
     """The Adaptor's shape (``pretrain.model``); see :class:`adaptor.model.AdaptorConfig`."""
@@ -128,6 +130,5 @@ class PretrainOptions(Options):
     ) -> PretrainOptions:
         """These options under another preset: the recipe and shape are the preset's own
         but for ``overrides``, the rest (seed, cluster, checkpoints, objective) is kept."""
-        recipe = {*REFERENCE, "preset", "model"}
-        kept = {k: v for k, v in self.model_dump().items() if k not in recipe}
+        kept = {k: v for k, v in self.model_dump().items() if k not in RECIPE_KEYS}
         return PretrainOptions.model_validate({**kept, **(overrides or {}), "preset": preset})

@@ -26,11 +26,21 @@ class EncoderLoadError(AdaptorError, RuntimeError):
     """Pretrained weights or a tokenizer could not be loaded (typically: not cached, offline)."""
 
 
+RANDOM_INIT_SEED = 0
+
+
 @contextmanager
 def hub_loading(what: str, hint: str = "") -> Iterator[None]:
-    """Re-raise hub/file failures while loading ``what`` as :class:`EncoderLoadError`."""
+    """Re-raise hub/file failures while loading ``what`` as :class:`EncoderLoadError`.
+
+    Models are created under a fixed seed (:data:`RANDOM_INIT_SEED`, the caller's random
+    state untouched), so a randomly initialised encoder (``@random``) builds the same
+    weights every time: its shards, Adaptors and feature maps stay consistent.
+    """
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            yield
     except (OSError, RuntimeError, ValueError) as err:
         raise EncoderLoadError(
             f"could not load {what} from the Hugging Face hub or a local path: {err}\n"

@@ -461,3 +461,14 @@ def test_preprocess_pickles_and_serialises() -> None:
     assert pre(image).shape == (3, 48, 40)
     torch.testing.assert_close(clone(image), pre(image))
     assert json.loads(json.dumps(pre.to_dict()))["size"] == [48, 40]
+
+
+def test_random_init_encoders_build_the_same_weights_each_time() -> None:
+    """`@random` is a fixed random init (a study's control encoder is built more than once),
+    and building one leaves the caller's random state alone."""
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_image_encoder("timm:resnet18@random").info.fingerprint
+    assert torch.rand(1) == before
+    assert build_image_encoder("timm:resnet18@random").info.fingerprint == first
