@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from adaptor.config.base import Options, RayAddress
+from adaptor.config.base import Options, RayAddress, describe_errors
 
 Norm = Literal["post", "pre"]
 Wiring = Literal["ours", "reference"]
@@ -132,3 +132,18 @@ class PretrainOptions(Options):
         but for ``overrides``, the rest (seed, cluster, checkpoints, objective) is kept."""
         kept = {k: v for k, v in self.model_dump().items() if k not in RECIPE_KEYS}
         return PretrainOptions.model_validate({**kept, **(overrides or {}), "preset": preset})
+
+
+def _check_preset_overrides(value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each preset's overrides must make valid pretraining options."""
+    for preset, overrides in value.items():
+        try:
+            PretrainOptions().with_preset(preset, overrides)
+        except ValidationError as err:
+            raise ValueError(f"{preset}: {describe_errors(err)}") from None
+    return value
+
+
+# Presets by name, each with overrides of its recipe (``adaptor run``'s ``compare``, a study's
+# ``presets``)
+PresetOverrides = Annotated[dict[Preset, dict[str, Any]], AfterValidator(_check_preset_overrides)]

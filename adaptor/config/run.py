@@ -26,7 +26,7 @@ from adaptor.config.downstream import (
     SplitOptions,
 )
 from adaptor.config.embed import EmbedOptions
-from adaptor.config.pretrain import Preset, PretrainOptions
+from adaptor.config.pretrain import PresetOverrides, PretrainOptions
 from adaptor.config.retrieval import IndexOptions
 from adaptor.config.synth import SynthOptions
 
@@ -73,7 +73,7 @@ class RunConfig(Options):
     pretrain: PretrainOptions = Field(
         default_factory=PretrainOptions, description="the Adaptor, under Ray Train"
     )
-    compare: dict[Preset, dict[str, Any]] = Field(
+    compare: PresetOverrides = Field(
         default_factory=lambda: {"reference": {}},
         description="Adaptor presets also pretrained (their own recipe and shape, but for "
         "the pretrain keys given here) and evaluated beside `pretrain`: rows '… (PRESET)' in "
@@ -83,16 +83,6 @@ class RunConfig(Options):
         default_factory=FinetuneOptions, description="downstream heads from label fractions"
     )
     index: IndexOptions = Field(default_factory=IndexOptions, description="the retrieval index")
-
-    @field_validator("compare")
-    @classmethod
-    def _compared_options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for preset, overrides in value.items():
-            try:
-                PretrainOptions().with_preset(preset, overrides)
-            except ValidationError as err:
-                raise ValueError(f"{preset}: {describe_errors(err)}") from None
-        return value
 
     @field_validator("dataset")
     @classmethod

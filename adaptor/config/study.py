@@ -19,7 +19,7 @@ from adaptor.config.downstream import (
     UncertainPolicy,
 )
 from adaptor.config.embed import EmbedOptions
-from adaptor.config.pretrain import RECIPE_KEYS, Preset, PretrainOptions
+from adaptor.config.pretrain import RECIPE_KEYS, PresetOverrides, PretrainOptions
 from adaptor.config.synth import SynthOptions
 from adaptor.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 
@@ -93,7 +93,7 @@ class StudyConfig(GridOptions, SplitOptions):
         description="evaluation datasets by name (folder-safe names)",
     )
     encoders: EncoderGrid = Field(default_factory=EncoderGrid, description="the encoder grid")
-    presets: dict[Preset, dict[str, Any]] = Field(
+    presets: PresetOverrides = Field(
         default_factory=lambda: {"ours": {}, "reference": {}},
         min_length=1,
         description="Adaptor presets compared, each with overrides of its pretrain keys",
@@ -124,16 +124,6 @@ class StudyConfig(GridOptions, SplitOptions):
         for name in value:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"{name!r}: dataset names must be plain folder names")
-        return value
-
-    @field_validator("presets")
-    @classmethod
-    def _preset_options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for preset, overrides in value.items():
-            try:
-                PretrainOptions().with_preset(preset, overrides)
-            except ValidationError as err:
-                raise ValueError(f"{preset}: {describe_errors(err)}") from None
         return value
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ from adaptor.config.embed import NO_ENCODER
 from adaptor.config.study import CORPUS, StudyConfig
 from adaptor.errors import AdaptorError
 from adaptor.study.layout import StudyLayout
-from adaptor.study.table import StudyRows, write_study
+from adaptor.study.table import BASELINE, StudyRows, write_study
 
 Log = Callable[[str], None]
 
@@ -251,59 +251,35 @@ def _evaluate(
     meta = ShardReader(first).load(members=()).meta
     splits, _ = load_or_make_splits(splits_path, meta, cfg.fractions, cfg.split_seed)
     grid = cfg.model_dump(include={"fractions", "seeds", "workers", "address"})
-    for image in cfg.encoders.images():
-        shards = layout.image_shards(folder, image)
-        unit = {"dataset": dataset, "pair": image, "preset": "baseline"}
-        out = layout.baseline(dataset, image)
-        for task in spec.tasks:
-            if task == "zeroshot":
-                continue
-            log(f"[eval] {dataset}: {task} baseline on {image}")
-            try:
-                cells = _heads(
-                    cfg,
-                    task,
-                    dataset,
-                    shards,
-                    None,
-                    out,
-                    splits,
-                    splits_path,
-                    grid,
-                    progress=progress,
-                    log=log,
-                )
-            except AdaptorError as err:
-                rows.fail({**unit, "task": task}, err, log)
-                continue
-            rows.add_cells(dataset, image, None, None, cells)
-    for (image, text), preset in [(p, s) for p in cfg.encoders.pair_list() for s in cfg.presets]:
-        unit = {"dataset": dataset, "pair": f"{image} × {text}", "preset": preset}
-        adaptor = adaptors.get((image, text, preset))
-        if adaptor is None:
+    units: list[tuple[str, str | None, str | None]] = [
+        (image, None, None) for image in cfg.encoders.images()
+    ]
+    units += [(i, t, preset) for i, t in cfg.encoders.pair_list() for preset in cfg.presets]
+    for image, text, preset in units:
+        pair = image if text is None else f"{image} × {text}"
+        unit = {"dataset": dataset, "pair": pair, "preset": preset or BASELINE}
+        adaptor = adaptors.get((image, text, preset)) if preset else None
+        if preset and adaptor is None:
             rows.fail(unit, StudyError("its Adaptor did not pretrain"), log)
             continue
         shards = layout.image_shards(folder, image)
-        out = layout.evaluation(dataset, image, text, preset)
+        out = (
+            layout.evaluation(dataset, image, text, preset)
+            if preset
+            else layout.baseline(dataset, image)
+        )
         for task in spec.tasks:
-            log(f"[eval] {dataset}: {task} on {image} × {text}, preset {preset}")
+            if task == "zeroshot" and adaptor is None:
+                continue  # no shared space without an Adaptor
+            log(f"[eval] {dataset}: {task}, {pair}, {unit['preset']}")
             try:
                 if task == "zeroshot":
                     cells = [_zeroshot(cfg, dataset, shards, adaptor, out)]
                 else:
                     cells = _heads(
-                        cfg,
-                        task,
-                        dataset,
-                        shards,
-                        adaptor,
-                        out,
-                        splits,
-                        splits_path,
-                        grid,
-                        progress=progress,
-                        log=log,
-                    )
+                        cfg, task, dataset, shards, adaptor, out, splits, splits_path, grid,
+                        progress=progress, log=log,
+                    )  # fmt: skip
             except AdaptorError as err:
                 rows.fail({**unit, "task": task}, err, log)
                 continue
@@ -358,18 +334,8 @@ def _heads(
 def _zeroshot(cfg: StudyConfig, dataset: str, shards: Path, adaptor: Path, out: Path) -> Any:
     """The zero-shot row (fraction 0) of one Adaptor on one dataset's test split."""
     from adaptor.config import ZeroShotOptions
-    from adaptor.downstream.results import CellResult
-    from adaptor.downstream.zeroshot import METHOD, run_zeroshot
+    from adaptor.downstream.zeroshot import run_zeroshot
 
     spec = cfg.evaluate[dataset]
     options = ZeroShotOptions(labels=spec.labels, prompts=cfg.prompts, uncertain=spec.uncertain)
-    result = run_zeroshot(shards, adaptor, out, options)
-    return CellResult(
-        task="classification",
-        method=METHOD,
-        fraction=0.0,
-        seed=0,
-        metrics=result.metrics,
-        trainable_parameters=0,
-        per_class=result.per_class,
-    )
+    return run_zeroshot(shards, adaptor, out, options).to_cell()
