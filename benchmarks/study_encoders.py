@@ -43,8 +43,9 @@ def _count(cls: type, role: str) -> None:
     original = cls.encode
 
     def encode(self, batch, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        n = len(batch) if role == "image" else len(batch["input_ids"])
-        PASSES[f"{role}:{self.info.name}"] += n
+        if hasattr(self, "info"):  # not the probe an encoder runs while it is built
+            n = len(batch) if role == "image" else len(batch.truncated)
+            PASSES[f"{role}:{self.info.name}"] += n
         return original(self, batch, *args, **kwargs)
 
     cls.encode = encode
