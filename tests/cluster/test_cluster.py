@@ -353,3 +353,31 @@ def test_jobs_on_a_cluster_match_the_local_command(head: Head, tmp_path: Path) -
         for folder in (cluster_run, local)
     ]
     assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+def test_the_study_job_runs_on_a_ray_head(head: Head, tmp_path: Path) -> None:
+    """`ray job submit … python -m pipelines.study`: a tiny study on the head, its table in
+    the job's log; resubmitted, it finds every unit done."""
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "corpus": {"synth": {"n": 40, "seed": 7, "size": 224}},
+                "evaluate": {"corpus": {"source": "corpus", "tasks": ["classification"]}},
+                "presets": {"ours": {"epochs": 2, "batch_size": 8, "model": {"width": 32}}},
+                "embed": {"loader_workers": 0, "batch_size": 20},
+                "fractions": [1.0],
+                "seeds": [0],
+                "classification": {"heads": ["linear"], "max_epochs": 3},
+            }
+        )
+    )
+    out = tmp_path / "study"
+    job = f"python -m pipelines.study --config {config} --out {out} --no-progress"
+    status, logs = _wait(head, _submit(head, job))
+    assert status == "SUCCEEDED", logs
+    assert "| efficientnet-lite0 × all-minilm-l6-v2 | ours | adaptor+linear |" in logs
+    assert "| efficientnet-lite0 | baseline | encoder+linear |" in logs
+    assert (out / "study.json").is_file()
+    status, logs = _wait(head, _submit(head, job))
+    assert status == "SUCCEEDED" and "already finished" in logs, logs

@@ -17,7 +17,8 @@ from adaptor.data.sources import source_kinds
 from adaptor.data.sources.base import SourceSpec
 from pipelines.common import CONFIGS, job_app
 
-CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
+# run configs; study-*.yaml are study configs (tests/study/test_study_configs.py)
+CONFIG_FILES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("study-"))
 # layouts without reports: their configs must keep the empty reports to embed anything
 IMAGE_ONLY = {"chexpert", "rsna-pneumonia", "siim-acr", "covidx", "chestxray14"}
 LAYOUT_MODULES = {
@@ -56,7 +57,7 @@ def test_each_dataset_config_names_its_layout_with_accepted_options(path: Path) 
     assert "placeholder" in path.read_text().lower()  # the path to replace is pointed out
 
 
-@pytest.mark.parametrize("job", ["embed", "pretrain", "finetune", "index", "flow"])
+@pytest.mark.parametrize("job", ["embed", "pretrain", "finetune", "index", "flow", "study"])
 def test_every_job_explains_its_options(job: str) -> None:
     code, output = _invoke(job, "--help")
     assert code == 0
