@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from adaptor.config import GridOptions, RunConfig
+from adaptor.config import GridOptions, PretrainOptions, RunConfig
 from adaptor.data.synthetic import generate_synthetic
 from adaptor.embed import EmbedConfig, EmbedResult, embed
-from adaptor.pretrain import PretrainConfig, PretrainResult, describe, pretrain
+from adaptor.pretrain import PretrainConfig, PretrainError, PretrainResult, describe, pretrain
 
 if TYPE_CHECKING:
     from adaptor.data.splits import LabelSplits
@@ -130,26 +130,37 @@ def stage_pretrain(
     cfg: RunConfig, out: Path, *, progress: bool = True, log: Log = tqdm.write
 ) -> PretrainResult:
     """Contrastive Adaptor pretraining on the shards (resumes from checkpoints), then the
-    Adaptor of every compared preset; returns the main Adaptor's result."""
+    Adaptor of every compared preset; returns the main Adaptor's result.
+
+    A compared preset that cannot train on these shards (its batch larger than the
+    training set, say) is a warning naming the key to set, not the end of the flow: its
+    rows are left out of the table.
+    """
     paths = flow_paths(cfg, out)
-    runs = [(cfg.pretrain, paths)]
-    runs += [
-        (cfg.pretrain.with_preset(p, cfg.compare[p]), paths.compared(p))
-        for p in compared_presets(cfg)
-    ]
-    results = []
-    for options, where in runs:
-        log(f"[pretrain] preset {options.preset}: {where.shards} -> {where.pretrain}")
-        trained = pretrain(
-            PretrainConfig(
-                shards=str(where.shards), out=str(where.pretrain), **options.model_dump()
-            ),
-            progress=progress,
-            log=log,
-        )
-        log(f"[pretrain] preset {options.preset}: {describe(trained.metrics)}")
-        results.append(trained)
-    return results[0]
+    trained = _pretrain_preset(cfg.pretrain, paths, progress=progress, log=log)
+    for preset in compared_presets(cfg):
+        options = cfg.pretrain.with_preset(preset, cfg.compare[preset])
+        try:
+            _pretrain_preset(options, paths.compared(preset), progress=progress, log=log)
+        except PretrainError as err:
+            log(
+                f"warning: compared preset {preset!r} not pretrained, its rows are left out: "
+                f"{err} (set compare.{preset} keys, e.g. batch_size, or compare: {{}})"
+            )
+    return trained
+
+
+def _pretrain_preset(
+    options: PretrainOptions, where: FlowPaths, *, progress: bool, log: Log
+) -> PretrainResult:
+    log(f"[pretrain] preset {options.preset}: {where.shards} -> {where.pretrain}")
+    trained = pretrain(
+        PretrainConfig(shards=str(where.shards), out=str(where.pretrain), **options.model_dump()),
+        progress=progress,
+        log=log,
+    )
+    log(f"[pretrain] preset {options.preset}: {describe(trained.metrics)}")
+    return trained
 
 
 def stage_finetune(
@@ -175,6 +186,8 @@ def stage_finetune(
     )
     cells = _finetune_cells(cfg, paths, splits, splits_path, progress=progress, log=log)
     for preset in compared_presets(cfg):
+        if not (paths.compared(preset).adaptor / "config.json").is_file():
+            continue  # not pretrained (stage_pretrain said why)
         compared = _finetune_cells(
             cfg,
             paths.compared(preset),

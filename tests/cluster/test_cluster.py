@@ -333,6 +333,10 @@ def test_jobs_on_a_cluster_match_the_local_command(head: Head, tmp_path: Path) -
     local_output, _ = local_run.communicate(timeout=600)
     assert status == "SUCCEEDED", logs
     assert "Adaptor saved to" in logs
+    # the default compare: {reference: {}} cannot train its batch of 1024 on 27 pairs: a
+    # warning naming the key, and the job goes on
+    assert "warning: compared preset 'reference' not pretrained" in logs
+    assert "set compare.reference keys, e.g. batch_size" in logs
     assert local_run.returncode == 0, local_output[-3000:]
     jobs = client.list_jobs()  # Ray's own job API lists every job with its status
     assert sorted(j.status.value for j in jobs if "pipelines.embed" in j.entrypoint) == [
@@ -357,7 +361,7 @@ def test_jobs_on_a_cluster_match_the_local_command(head: Head, tmp_path: Path) -
 
 def test_the_study_job_runs_on_a_ray_head(head: Head, tmp_path: Path) -> None:
     """`ray job submit … python -m pipelines.study`: a tiny study on the head, its table in
-    the job's log; resubmitted, it finds every unit done."""
+    the job's log (its resume is tested through `adaptor study` in tests/study)."""
     config = tmp_path / "study.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -379,5 +383,3 @@ def test_the_study_job_runs_on_a_ray_head(head: Head, tmp_path: Path) -> None:
     assert "| efficientnet-lite0 × all-minilm-l6-v2 | ours | adaptor+linear |" in logs
     assert "| efficientnet-lite0 | baseline | encoder+linear |" in logs
     assert (out / "study.json").is_file()
-    status, logs = _wait(head, _submit(head, job))
-    assert status == "SUCCEEDED" and "already finished" in logs, logs
