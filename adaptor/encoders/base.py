@@ -30,16 +30,21 @@ RANDOM_INIT_SEED = 0
 
 
 @contextmanager
-def hub_loading(what: str, hint: str = "") -> Iterator[None]:
-    """Re-raise hub/file failures while loading ``what`` as :class:`EncoderLoadError`.
+def fixed_init() -> Iterator[None]:
+    """Create models under a fixed seed (:data:`RANDOM_INIT_SEED`), the caller's random
+    state untouched, so a randomly initialised encoder (``@random``) builds the same
+    weights every time: its shards, Adaptors and feature maps stay consistent."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        yield
 
-    Models are created under a fixed seed (:data:`RANDOM_INIT_SEED`, the caller's random
-    state untouched), so a randomly initialised encoder (``@random``) builds the same
-    weights every time: its shards, Adaptors and feature maps stay consistent.
-    """
+
+@contextmanager
+def hub_loading(what: str, hint: str = "") -> Iterator[None]:
+    """Re-raise hub/file failures while loading ``what`` as :class:`EncoderLoadError`;
+    models are created under :func:`fixed_init`."""
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
+        with fixed_init():
             yield
     except (OSError, RuntimeError, ValueError) as err:
         raise EncoderLoadError(
