@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -145,19 +146,28 @@ class _Layer(nn.Module):
         self.text = _Side(config, nn.GELU)
 
     def forward(
-        self, image: Tensor | None, text: Tensor | None, text_pad: Tensor | None
+        self,
+        image: Tensor | None,
+        text: Tensor | None,
+        text_pad: Tensor | None,
+        first_only: bool = False,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Cross-attention when both sides are given, self-attention for a lone side."""
+        """Cross-attention when both sides are given, self-attention for a lone side.
+
+        ``first_only``: update only each side's first token (its output), attending over
+        every token; the last layer needs no more.
+        """
         img_in = self.image.attn_input(image) if image is not None else None
         txt_in = self.text.attn_input(text) if text is not None else None
+        first = _first if first_only else _whole
         if image is not None and text is not None:
             return (
-                self.image(image, img_in, txt_in, text_pad),
-                self.text(text, txt_in, img_in, None),
+                self.image(first(image), first(img_in), txt_in, text_pad),
+                self.text(first(text), first(txt_in), img_in, None),
             )
         if image is not None:
-            return self.image(image, img_in, img_in, None), None
-        return None, self.text(text, txt_in, txt_in, text_pad)
+            return self.image(first(image), first(img_in), img_in, None), None
+        return None, self.text(first(text), first(txt_in), txt_in, text_pad)
 
 
 class _SharedLayer(nn.Module):
@@ -168,19 +178,24 @@ class _SharedLayer(nn.Module):
         self.shared = _Side(config, nn.ReLU)
 
     def forward(
-        self, image: Tensor | None, text: Tensor | None, text_pad: Tensor | None
+        self,
+        image: Tensor | None,
+        text: Tensor | None,
+        text_pad: Tensor | None,
+        first_only: bool = False,
     ) -> tuple[Tensor | None, Tensor | None]:
         """Image first, then text over the updated image; self-attention for a lone side.
 
         Paired inputs are one token per side (the caller checks), so ``text_pad`` only
-        applies on the text-only path.
+        applies on the text-only path. ``first_only``: as :class:`_Layer`.
         """
         if image is not None and text is not None:
             image = self.shared(image, text, image, None)
             return image, self.shared(text, image, text, None)
+        first = _first if first_only else _whole
         if image is not None:
-            return self.shared(image, image, image, None), None
-        return None, self.shared(text, text, text, text_pad)
+            return self.shared(first(image), first(image), image, None), None
+        return None, self.shared(first(text), first(text), text, text_pad)
 
 
 class Adaptor(nn.Module):
@@ -304,8 +319,8 @@ class Adaptor(nn.Module):
             )
         img = self._image_seq(image, image_tokens)
         txt, pad = self._text_seq(text, text_tokens, text_token_mask)
-        for layer in self.layers:
-            img, txt = layer(img, txt, pad)
+        for last, layer in _with_last(self.layers):
+            img, txt = layer(img, txt, pad, first_only=last)
         return AdaptorOutput(
             F.normalize(self.image_final_norm(img[:, 0]), dim=-1),
             F.normalize(self.text_final_norm(txt[:, 0]), dim=-1),
@@ -315,8 +330,8 @@ class Adaptor(nn.Module):
     def encode_image(self, image: Tensor, image_tokens: Tensor | None = None) -> Tensor:
         """Image-only embedding [B, width]: self-attention, image-side (or shared) weights."""
         img = self._image_seq(image, image_tokens)
-        for layer in self.layers:
-            img, _ = layer(img, None, None)
+        for last, layer in _with_last(self.layers):
+            img, _ = layer(img, None, None, first_only=last)
         return F.normalize(self.image_final_norm(img[:, 0]), dim=-1)
 
     def encode_image_tokens(self, tokens: Tensor) -> Tensor:
@@ -354,8 +369,8 @@ class Adaptor(nn.Module):
     ) -> Tensor:
         """Text-only embedding [B, width]: self-attention, text-side (or shared) weights."""
         txt, pad = self._text_seq(text, text_tokens, text_token_mask)
-        for layer in self.layers:
-            _, txt = layer(None, txt, pad)
+        for last, layer in _with_last(self.layers):
+            _, txt = layer(None, txt, pad, first_only=last)
         return F.normalize(self.text_final_norm(txt[:, 0]), dim=-1)
 
     # -- persistence -----------------------------------------------------------------
@@ -397,6 +412,21 @@ class Adaptor(nn.Module):
         device = torch.device(map_location)
         model.load_state_dict(load_file(str(path / WEIGHTS_NAME), device=str(device)))
         return model.to(device)
+
+
+def _first(x: Tensor) -> Tensor:
+    return x[:, :1] if x.shape[1] > 1 else x
+
+
+def _whole(x: Tensor) -> Tensor:
+    """The tokens unsliced: the same object, so attention keeps its self-attention path."""
+    return x
+
+
+def _with_last(layers: nn.ModuleList) -> Iterator[tuple[bool, nn.Module]]:
+    """Each layer with whether it is the last (whose only needed output is the first token)."""
+    for i, layer in enumerate(layers):
+        yield i == len(layers) - 1, layer
 
 
 def _check_2d(x: Tensor, dim: int, name: str) -> None:

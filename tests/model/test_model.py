@@ -127,6 +127,43 @@ def test_adaptor_shapes_and_unit_norm(norm: str) -> None:
     assert not torch.allclose(solo.image, out.image)
 
 
+@pytest.mark.parametrize(
+    ("wiring", "norm"), [("ours", "post"), ("ours", "pre"), ("reference", "post")]
+)
+def test_last_layer_updates_only_the_output_token(wiring: str, norm: str) -> None:
+    """The last layer computes the first token alone: the same outputs as every token."""
+    torch.manual_seed(0)
+    model = Adaptor(_config(norm=norm, wiring=wiring, image_patch_dim=6, text_state_dim=5))
+    model.eval()
+    image, text = torch.randn(3, 12), torch.randn(3, 10)
+    patches, states = torch.randn(3, 9, 6), torch.randn(3, 7, 5)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4, [True] + [False] * 6])
+
+    def every_token(img: torch.Tensor | None, txt: torch.Tensor | None, pad=None):  # noqa: ANN001, ANN202
+        for layer in model.layers:
+            img, txt = layer(img, txt, pad)  # first_only=False: all tokens updated
+        return img, txt
+
+    with torch.no_grad():
+        img, _ = every_token(model._image_seq(image, patches), None)
+        seq, pad = model._text_seq(text, states, mask)
+        _, txt = every_token(None, seq, pad)
+        assert img.shape[1] == 10 and txt.shape[1] == 8
+        full_image = F.normalize(model.image_final_norm(img[:, 0]), dim=-1)
+        full_text = F.normalize(model.text_final_norm(txt[:, 0]), dim=-1)
+        assert torch.allclose(model.encode_image(image, patches), full_image, atol=1e-6)
+        assert torch.allclose(model.encode_text(text, states, mask), full_text, atol=1e-6)
+        if wiring == "ours":  # paired: each side over all of the other's tokens
+            img, txt = every_token(model._image_seq(image, patches), seq, pad)
+            out = model(image, text, image_tokens=patches, text_tokens=states, text_token_mask=mask)
+            assert torch.allclose(
+                out.image, F.normalize(model.image_final_norm(img[:, 0]), dim=-1), atol=1e-6
+            )
+            assert torch.allclose(
+                out.text, F.normalize(model.text_final_norm(txt[:, 0]), dim=-1), atol=1e-6
+            )
+
+
 def test_adaptor_rejects_bad_inputs() -> None:
     model = Adaptor(_config())
     with pytest.raises(ValueError, match="image must have shape"):
