@@ -1,7 +1,8 @@
 """Atomic file output: write to a temporary sibling, fsync, then rename into place.
 
 A reader (or a rerun after ``kill -9``) therefore sees either the old file or the
-complete new one, never a partial write.
+complete new one, never a partial write. A file put in place inside the working copy of a
+remote folder is uploaded right after, the same way (:mod:`adaptor.remote`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-TMP_SUFFIX = ".partial"
+from adaptor import remote
+from adaptor.remote import TMP_SUFFIX
 
 
 @contextmanager
@@ -27,7 +29,8 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with remote.publishing(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -39,10 +42,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
         fh.write("\n")
 
 
+def remove(path: str | Path) -> None:
+    """Delete a file (and its remote copy, in the working copy of a remote folder)."""
+    remote.remove(Path(path))
+
+
 def remove_stale_partials(folder: str | Path) -> int:
-    """Delete leftovers of writes that were killed mid-way; return how many."""
+    """Delete leftovers of writes that were killed mid-way (here and on the remote, for a
+    working copy); return how many were here."""
     removed = 0
     for stale in Path(folder).glob(f"*{TMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
         removed += 1
+    remote.remove_partials(Path(folder))
     return removed

@@ -1,10 +1,13 @@
 """The Typer application every command module registers on, and the path options they share
-(every other option comes from a model of :mod:`adaptor.config`)."""
+(every other option comes from a model of :mod:`adaptor.config`).
+
+A folder option takes a local path or a URI (``s3://bucket/key``, any fsspec filesystem); a
+command opens each with :func:`adaptor.remote.working_copy` before any work.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,9 +28,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Shards = Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")]
+PATH_OR_URI = " (a path, or a URI such as s3://bucket/key)"
+Shards = Annotated[
+    str, typer.Option(help="embedding shard folder made by `adaptor embed`" + PATH_OR_URI)
+]
 AdaptorDir = Annotated[
-    Path | None,
-    typer.Option("--adaptor", help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)"),
+    str | None,
+    typer.Option(
+        "--adaptor",
+        help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)" + PATH_OR_URI,
+    ),
 ]
 Progress = Annotated[bool, typer.Option(help="show progress bars")]

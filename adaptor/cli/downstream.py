@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from pydantic import BaseModel, Field
 
-from adaptor.cli.app import AdaptorDir, app
+from adaptor.cli.app import PATH_OR_URI, AdaptorDir, Shards, app
 from adaptor.config import (
     ClassificationOptions,
     GridOptions,
@@ -27,6 +27,7 @@ from adaptor.config import (
 )
 from adaptor.config.cli import from_field, model_options
 from adaptor.errors import friendly_errors
+from adaptor.remote import uri_of, working_copy
 
 if TYPE_CHECKING:
     from adaptor.data.splits import LabelSplits
@@ -49,21 +50,32 @@ app.add_typer(finetune_app, name="finetune")
 class FinetuneRun(Options):
     """What every ``adaptor finetune`` sub-command reads and writes."""
 
-    shards: Path = Field(description="embedding shard folder made by `adaptor embed`")
-    out: Path = Field(
-        description="results folder (results.json/md, plots); reruns resume and merge"
+    shards: str = Field(description="embedding shard folder made by `adaptor embed`" + PATH_OR_URI)
+    out: str = Field(
+        description="results folder (results.json/md, plots); reruns resume and merge" + PATH_OR_URI
     )
     splits: Path | None = Field(
         None, description="split file from `adaptor splits`; default OUT/splits.json"
     )
     progress: bool = Field(True, description="show progress bars")
 
+    def opened(self, *, shards_writable: bool = False) -> FinetuneRun:
+        """This run with its folders local: a URI's working copy, checked and fetched before any
+        work (:mod:`adaptor.remote`)."""
+        shards = working_copy(self.shards, writable=shards_writable)
+        return self.model_copy(update={"shards": str(shards), "out": str(working_copy(self.out))})
+
+    @property
+    def out_dir(self) -> Path:
+        """The results folder (local once :meth:`opened`)."""
+        return Path(self.out)
+
     def label_splits(self, fractions: list[float], split: SplitOptions) -> tuple[LabelSplits, Path]:
         """The label splits every method sees (made on first use), and where they are."""
         from adaptor.data.splits import load_or_make_splits
         from adaptor.shards import ShardReader
 
-        path = self.splits or self.out / "splits.json"
+        path = self.splits or self.out_dir / "splits.json"
         meta = ShardReader(self.shards).load().meta
         made_splits, made = load_or_make_splits(path, meta, fractions, split.split_seed)
         typer.echo(f"{'made' if made else 'reusing'} label splits {path}")
@@ -72,13 +84,13 @@ class FinetuneRun(Options):
     def config(self, stage: type[C], grid: GridOptions, options: Options, **changed: Any) -> C:
         """The stage's config: these paths, the grid, the stage's options (``changed``)."""
         own = {**options.model_dump(), **changed}
-        return stage(shards=str(self.shards), out=str(self.out), **grid.model_dump(), **own)
+        return stage(shards=self.shards, out=self.out, **grid.model_dump(), **own)
 
     def write_results(self, cells: Sequence[CellResult]) -> None:
         """Merge ``cells`` into OUT/results.json and print OUT/results.md."""
         from adaptor.downstream.results import merge_results
 
-        typer.echo(merge_results(self.out, cells).read_text(encoding="utf-8"))
+        typer.echo(merge_results(self.out_dir, cells).read_text(encoding="utf-8"))
 
 
 @app.command()
@@ -86,7 +98,8 @@ class FinetuneRun(Options):
 @model_options
 def splits(
     shards: Annotated[
-        Path, typer.Option(help="embedding shard folder (its records' labels and splits)")
+        str,
+        typer.Option(help="embedding shard folder (its records' labels and splits)" + PATH_OR_URI),
     ],
     out: Annotated[Path, typer.Option(help="JSON file to write the split ids to")],
     fractions: list[float] = from_field(GridOptions, "fractions"),
@@ -99,7 +112,8 @@ def splits(
     from adaptor.data.splits import make_label_splits
     from adaptor.shards import ShardReader
 
-    made = make_label_splits(ShardReader(shards).load().meta, fractions, seed)
+    meta = ShardReader(working_copy(shards, writable=False)).load().meta
+    made = make_label_splits(meta, fractions, seed)
     made.save(out)
     for w in made.warnings:
         typer.echo(f"warning: {w}", err=True)
@@ -128,17 +142,18 @@ def finetune_heads(
     """
     from adaptor.downstream.classification import ClassificationConfig, finetune_classification
 
+    run, adaptor = run.opened(), _opened(adaptor)
     made, splits_path = run.label_splits(grid.fractions, split)
     if adaptor is None:
         typer.echo("no --adaptor: training heads on the frozen encoder's features only")
     features = [f for f in options.features if adaptor or f != "adaptor"] or options.features
-    cfg = run.config(ClassificationConfig, grid, options, adaptor=_path(adaptor), features=features)
+    cfg = run.config(ClassificationConfig, grid, options, adaptor=adaptor, features=features)
     run.write_results(
         finetune_classification(
             cfg, made, splits_path=splits_path, progress=run.progress, log=typer.echo
         )
     )
-    typer.echo(f"results in {run.out} (results.json, results.md, plots)")
+    typer.echo(f"results in {uri_of(run.out_dir)} (results.json, results.md, plots)")
 
 
 @finetune_app.command("segment")
@@ -166,13 +181,15 @@ def finetune_segment(
         finetune_segmentation,
     )
 
+    # the feature-map cache goes beside the shards
+    run, adaptor = run.opened(shards_writable=True), _opened(adaptor)
     made, _ = run.label_splits(grid.fractions, split)
     if adaptor is None:
         typer.echo("no --adaptor: training the plain decoder only")
     methods = [m for m in options.methods if adaptor or m not in ADAPTOR_METHODS] or options.methods
-    cfg = run.config(SegmentationConfig, grid, options, adaptor=_path(adaptor), methods=methods)
+    cfg = run.config(SegmentationConfig, grid, options, adaptor=adaptor, methods=methods)
     run.write_results(finetune_segmentation(cfg, made, progress=run.progress, log=typer.echo))
-    typer.echo(f"results in {run.out} (results.json, results.md, plots)")
+    typer.echo(f"results in {uri_of(run.out_dir)} (results.json, results.md, plots)")
 
 
 @finetune_app.command("tune")
@@ -191,22 +208,27 @@ def finetune_tune(
     from adaptor.downstream.results import write_tuning_table
     from adaptor.downstream.tuning import TuneConfig, finetune_tuned
 
+    run = run.opened()
     made, _ = run.label_splits(grid.fractions, split)
     cfg = run.config(TuneConfig, grid, options)
     run.write_results(finetune_tuned(cfg, made, progress=run.progress, log=typer.echo))
-    table = write_tuning_table(run.out)
+    table = write_tuning_table(run.out_dir)
     if table is not None:
         typer.echo(table.read_text(encoding="utf-8"))
-    typer.echo(f"results in {run.out} (results.json, results.md, tuning.md, plots)")
+    typer.echo(f"results in {uri_of(run.out_dir)} (results.json, results.md, tuning.md, plots)")
 
 
 @app.command()
 @friendly_errors
 @model_options
 def zeroshot(
-    shards: Annotated[Path, typer.Option(help="embedding shard folder made by `adaptor embed`")],
-    adaptor: Annotated[Path, typer.Option(help="trained Adaptor folder (RUN/adaptor)")],
-    out: Annotated[Path, typer.Option(help="folder for zeroshot.json and zeroshot.md")],
+    shards: Shards,
+    adaptor: Annotated[
+        str, typer.Option(help="trained Adaptor folder (RUN/adaptor)" + PATH_OR_URI)
+    ],
+    out: Annotated[
+        str, typer.Option(help="folder for zeroshot.json and zeroshot.md" + PATH_OR_URI)
+    ],
     *,
     options: ZeroShotOptions,
 ) -> None:
@@ -218,10 +240,15 @@ def zeroshot(
     """
     from adaptor.downstream.zeroshot import run_zeroshot
 
-    result = run_zeroshot(shards, adaptor, out, options)
+    shards_dir, adaptor_dir = (working_copy(f, writable=False) for f in (shards, adaptor))
+    folder = working_copy(out)
+    result = run_zeroshot(shards_dir, adaptor_dir, folder, options)
     typer.echo(result.markdown())
-    typer.echo(f"written to {out / 'zeroshot.json'} and {out / 'zeroshot.md'}")
+    typer.echo(
+        f"written to {uri_of(folder / 'zeroshot.json')} and {uri_of(folder / 'zeroshot.md')}"
+    )
 
 
-def _path(folder: Path | None) -> str | None:
-    return str(folder) if folder else None
+def _opened(folder: str | None) -> str | None:
+    """A folder to read, local (a URI's working copy), or None."""
+    return str(working_copy(folder, writable=False)) if folder else None

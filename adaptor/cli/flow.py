@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from adaptor.cli.app import Progress, Shards, app
+from adaptor.cli.app import PATH_OR_URI, Progress, Shards, app
 from adaptor.config import (
     ActorOptions,
     EmbedOptions,
@@ -23,6 +23,7 @@ from adaptor.config import (
 from adaptor.config.cli import model_options
 from adaptor.data.sources import source_kinds
 from adaptor.errors import friendly_errors
+from adaptor.remote import uri_of, working_copy
 
 Config = Annotated[Path | None, typer.Option(help="YAML config; omitted: the embedded default")]
 
@@ -57,7 +58,9 @@ def embed(
         str,
         typer.Option(help=f"records to embed, as KIND:PATH; kinds: {', '.join(source_kinds())}"),
     ],
-    out: Annotated[Path, typer.Option(help="shard folder to write (a rerun resumes it)")],
+    out: Annotated[
+        str, typer.Option(help="shard folder to write (a rerun resumes it)" + PATH_OR_URI)
+    ],
     options: EmbedOptions,
     placement: ActorOptions,
     address: Annotated[
@@ -82,7 +85,8 @@ def embed(
 
     if address is None and placement.actors is not None:
         raise typer.BadParameter("--actors needs --address (a Ray cluster to run them on)")
-    job = EmbedConfig(source=source, out=out, progress=progress, **options.model_dump())
+    folder = working_copy(out)
+    job = EmbedConfig(source=source, out=folder, progress=progress, **options.model_dump())
     if address is None:
         result = run_embed(job)
     else:
@@ -101,7 +105,9 @@ def embed(
 @model_options
 def pretrain(
     shards: Shards,
-    out: Annotated[Path, typer.Option(help="run folder; rerunning the same command resumes it")],
+    out: Annotated[
+        str, typer.Option(help="run folder; rerunning the same command resumes it" + PATH_OR_URI)
+    ],
     options: PretrainOptions,
 ) -> None:
     """Train the cross-attention Adaptor on cached embeddings with a CLIP loss, under Ray Train.
@@ -114,9 +120,12 @@ def pretrain(
     from adaptor.pretrain import PretrainConfig, describe
     from adaptor.pretrain import pretrain as run_pretrain
 
-    result = run_pretrain(PretrainConfig(shards=str(shards), out=str(out), **options.model_dump()))
+    shards_dir, run_dir = working_copy(shards, writable=False), working_copy(out)
+    result = run_pretrain(
+        PretrainConfig(shards=str(shards_dir), out=str(run_dir), **options.model_dump())
+    )
     typer.echo(describe(result.metrics))
-    typer.echo(f"Adaptor saved to {result.adaptor_dir}")
+    typer.echo(f"Adaptor saved to {uri_of(result.adaptor_dir)}")
 
 
 @app.command()
@@ -128,7 +137,9 @@ def encoders() -> None:
 @app.command()
 @friendly_errors
 def run(
-    out: Annotated[Path, typer.Option(help="output root for every stage")] = Path("data_shards"),
+    out: Annotated[
+        str, typer.Option(help="output root for every stage" + PATH_OR_URI)
+    ] = "data_shards",
     config: Config = None,
     progress: Progress = True,
 ) -> None:
@@ -139,14 +150,16 @@ def run(
     from adaptor.run import run_flow
 
     cfg = load_config(config)
-    result = run_flow(cfg, out, progress=progress, log=tqdm.write)  # not onto the bars
+    root = working_copy(out)
+    result = run_flow(cfg, root, progress=progress, log=tqdm.write)  # not onto the bars
     if result.results_md is not None:
         typer.echo(result.results_md.read_text(encoding="utf-8"))
-    typer.echo(f"example searches (more: adaptor serve --index {result.paths.index}):\n")
+    paths = result.paths
+    typer.echo(f"example searches (more: adaptor serve --index {uri_of(paths.index)}):\n")
     typer.echo(result.examples)
     typer.echo(
-        f"\ndone: shards in {result.paths.shards}, Adaptor in {result.pretrain.adaptor_dir}, "
-        f"downstream results in {result.paths.downstream}, index in {result.paths.index}"
+        f"\ndone: shards in {uri_of(paths.shards)}, Adaptor in {uri_of(paths.adaptor)}, "
+        f"downstream results in {uri_of(paths.downstream)}, index in {uri_of(paths.index)}"
     )
 
 

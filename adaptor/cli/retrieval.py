@@ -12,11 +12,12 @@ from typing import Annotated
 
 import typer
 
-from adaptor.cli.app import Progress, Shards, app
+from adaptor.cli.app import PATH_OR_URI, Progress, Shards, app
 from adaptor.config import IndexOptions, ServeOptions
 from adaptor.config.cli import Converted, model_options
 from adaptor.config.retrieval import MIB
 from adaptor.errors import friendly_errors
+from adaptor.remote import working_copy
 
 
 @app.command()
@@ -25,9 +26,14 @@ from adaptor.errors import friendly_errors
 def index(
     shards: Shards,
     adaptor: Annotated[
-        Path, typer.Option(help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)")
+        str,
+        typer.Option(
+            help="trained Adaptor folder (RUN/adaptor from `adaptor pretrain`)" + PATH_OR_URI
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="index folder to write (a rerun is a no-op)")],
+    out: Annotated[
+        str, typer.Option(help="index folder to write (a rerun is a no-op)" + PATH_OR_URI)
+    ],
     options: IndexOptions,
     progress: Progress = True,
 ) -> None:
@@ -40,7 +46,12 @@ def index(
     from adaptor.retrieval import build_index
 
     info = build_index(
-        shards, adaptor, out, **options.model_dump(), progress=progress, log=typer.echo
+        working_copy(shards, writable=False),
+        working_copy(adaptor, writable=False),
+        working_copy(out),
+        **options.model_dump(),
+        progress=progress,
+        log=typer.echo,
     )
     sides = ", ".join(
         f"{side}: {s.count}"
@@ -52,14 +63,14 @@ def index(
         for side, s in info.sides.items()
     )
     typer.echo(
-        f"index {'up to date' if info.reused else 'written'}: {info.out} ({info.factory}; {sides})"
+        f"index {'up to date' if info.reused else 'written'}: {out} ({info.factory}; {sides})"
     )
 
 
 @app.command()
 @friendly_errors
 def search(
-    index: Annotated[Path, typer.Option(help="index folder made by `adaptor index`")],
+    index: Annotated[str, typer.Option(help="index folder made by `adaptor index`" + PATH_OR_URI)],
     text: Annotated[
         str | None, typer.Option(help="report-like text; finds matching images")
     ] = None,
@@ -81,7 +92,7 @@ def search(
         raise RetrievalError(f"--target must be image or report, got {target!r}")
     if text is not None and not text.strip():
         raise RetrievalError("--text is empty")
-    searcher = open_searcher(index)
+    searcher = open_searcher(working_copy(index, writable=False))
     if text is not None:
         hits, what = searcher.search_text([text], k=k)[0], f"text {text!r} -> images"
     else:
@@ -106,7 +117,7 @@ MAX_UPLOAD_MB = Converted(
 @friendly_errors
 @model_options(converted={"max_upload_bytes": MAX_UPLOAD_MB})
 def serve(
-    index: Annotated[Path, typer.Option(help="index folder made by `adaptor index`")],
+    index: Annotated[str, typer.Option(help="index folder made by `adaptor index`" + PATH_OR_URI)],
     options: ServeOptions,
 ) -> None:
     """Serve an index over HTTP (FastAPI + uvicorn) with a search page at /.
@@ -118,7 +129,7 @@ def serve(
     from adaptor.retrieval.service import serve as run_service
 
     run_service(
-        index,
+        working_copy(index, writable=False),
         host=options.host,
         port=options.port,
         limits=options.limits,

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from adaptor import remote
 from adaptor.config.synth import (
     ABNORMAL_SHARE,
     ACQUISITIONS,
@@ -987,5 +988,6 @@ def generate_synthetic(
             _save_png(mask.astype(np.uint8) * 255, mask_path)
             record.mask = str(mask_path)
         records.append(record)
+    remote.publish_tree(out_dir)  # in a remote folder's working copy: the images go up first
     write_records_jsonl(records, out_dir / "records.jsonl")
     return records

@@ -8,9 +8,10 @@ float16 bit differently). Each actor (one per GPU,
 or one per ``cpus_per_actor`` CPUs) runs :func:`adaptor.embed.embed` on a contiguous range
 of the unfinished shard indices and writes each shard atomically into the output folder,
 which must be storage every node sees at the same path (a local disk for one machine,
-NFS or another shared mount for a cluster). The driver checks everything it can before
-any actor starts, then completes ``manifest.json``. A resubmitted job keeps the finished
-shards and does the rest.
+NFS or another shared mount for a cluster), or the working copy of a remote folder
+(:mod:`adaptor.remote`: each actor then opens its own node's copy). The driver checks
+everything it can before any actor starts, then completes ``manifest.json``. A resubmitted
+job keeps the finished shards and does the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from adaptor.atomic import atomic_write_json, remove_stale_partials
+from adaptor.atomic import atomic_write_json, remove, remove_stale_partials
 from adaptor.config import ActorOptions
 from adaptor.data.sources import open_source
 from adaptor.embed.folder import finish_manifest, require_samples, shard_count
@@ -31,6 +32,7 @@ from adaptor.embed.job import EmbedConfig, EmbedError, EmbedResult
 from adaptor.embed.stage import embed
 from adaptor.errors import AdaptorError
 from adaptor.ray_env import RayConnectError, start_ray
+from adaptor.remote import uri_of, working_copy
 from adaptor.shards.manifest import Manifest
 from adaptor.shards.writer import finished_shards
 
@@ -72,6 +74,7 @@ def embed_on_ray(
     )
     slots = _slots(ray.cluster_resources(), cpus_per_actor=cpus_per_actor, use_gpu=use_gpu)
     base = cfg.model_copy(update={"out": out, "progress": False})
+    location = uri_of(out)  # what an actor on any node opens
 
     if Manifest.exists(out):
         remove_stale_partials(out)  # nothing else writes here yet: leftovers of a dead run
@@ -79,7 +82,7 @@ def embed_on_ray(
     try:
         # one actor opens (or checks) the job folder before the others start: a mismatched
         # folder, an unknown encoder or weights that cannot load fail here, before any shard
-        _get(pool[0].run.remote(base.model_copy(update={"only_shards": []})), out)
+        _get(pool[0].run.remote(base.model_copy(update={"only_shards": []}), location), out)
         reused = set(finished_shards(out))
         pending = [i for i in range(n_shards) if i not in reused]
         if reused:
@@ -89,7 +92,7 @@ def embed_on_ray(
         log(f"embedding {len(pending)} shards with {len(shares)} actor(s) into {out}")
         phase_started = time.perf_counter()
         refs = [
-            actor.run.remote(base.model_copy(update={"only_shards": share}))
+            actor.run.remote(base.model_copy(update={"only_shards": share}), location)
             for actor, share in zip(pool, shares, strict=True)
         ]
         results = _wait_with_progress(refs, out, n_shards, len(reused), progress=cfg.progress)
@@ -98,6 +101,7 @@ def embed_on_ray(
         for actor in pool:
             ray.kill(actor)
 
+    working_copy(location)  # the shards actors on other nodes sent to a remote folder
     manifest = finish_manifest(out)
     if not manifest.complete:
         raise EmbedError(f"{out}: the actors finished but some shards are missing; resubmit")
@@ -134,7 +138,7 @@ def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(probe, {"pid": os.getpid()})
-        probe.unlink()
+        remove(probe)
     except OSError as err:
         raise EmbedError(
             f"cannot write to {folder}: {err.strerror or err}; outputs must go to a writable "
@@ -150,9 +154,10 @@ class _EmbedWorker:
 
         torch.set_num_threads(threads)
 
-    def run(self, cfg: EmbedConfig) -> EmbedResult:
-        check_writable(Path(cfg.out))  # this node may not see the storage the driver saw
-        return embed(cfg, log=print)
+    def run(self, cfg: EmbedConfig, location: str) -> EmbedResult:
+        out = working_copy(location)  # a remote folder: this node's own working copy
+        check_writable(out)  # this node may not see the storage the driver saw
+        return embed(cfg.model_copy(update={"out": out}), log=print)
 
 
 def _slots(resources: dict[str, float], *, cpus_per_actor: int, use_gpu: bool) -> int:

@@ -13,9 +13,10 @@ unannotated-record policy; see :func:`cache_folder`)::
     chunk-<digest>/       ids.json, map0.npy … mapK.npy [n, C, h, w] float16,
                           mask.npy [n, H, W] uint8, image.npy [n, H, W] uint8
 
-A chunk is written under a temporary name and renamed when whole, so a killed job leaves
-only whole chunks; a rerun extracts only the records no chunk holds. Readers memory-map
-the arrays, so several worker processes share one copy through the page cache.
+Each file of a chunk is written atomically, ``ids.json`` last: a chunk without it is not
+read, so a killed job leaves only whole chunks (here and, for a remote shard folder, on the
+remote); a rerun extracts only the records no chunk holds. Readers memory-map the arrays,
+so several worker processes share one copy through the page cache.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from adaptor.atomic import TMP_SUFFIX, atomic_write_json
+from adaptor.atomic import TMP_SUFFIX, atomic_open, atomic_write_json
 from adaptor.config.downstream import Unannotated
 from adaptor.data.masks import load_mask
 from adaptor.data.records import RecordError
@@ -48,6 +47,7 @@ from adaptor.encoders import ImageEncoder, ImagePreprocess
 from adaptor.errors import AdaptorError
 
 CACHE_FILE = "cache.json"
+CHUNK_IDS = "ids.json"  # written last: a chunk holding it is whole
 UNANNOTATED_POLICIES = get_args(Unannotated)
 # Layouts where every positive study carries a mask, so a study without one is a negative.
 COMPLETE_MASK_SOURCES = frozenset({"synthetic", "siim-acr", "rsna-pneumonia"})
@@ -166,9 +166,9 @@ class FeatureMapCache:
         self._chunks: list[dict[str, np.ndarray]] = []
         self._where: dict[str, tuple[int, int]] = {}
         for chunk in sorted(self.folder.glob("chunk-*")):
-            if TMP_SUFFIX in chunk.name:
-                continue
-            ids = json.loads((chunk / "ids.json").read_text(encoding="utf-8"))
+            if not (chunk / CHUNK_IDS).is_file():
+                continue  # cut short: its records are extracted again
+            ids = json.loads((chunk / CHUNK_IDS).read_text(encoding="utf-8"))
             arrays = {
                 f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in chunk.glob("*.npy")
             }
@@ -259,8 +259,8 @@ def build_feature_cache(
         "preprocess": inputs.preprocess.to_dict(),
     }
     _open_folder(folder, info)
-    for stale in folder.glob(f"chunk-*{TMP_SUFFIX}"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in folder.glob(f"chunk-*/*{TMP_SUFFIX}"):  # files of a killed run
+        stale.unlink(missing_ok=True)
     cached = FeatureMapCache(folder)
     todo = [r for r in rows if r["id"] not in cached]
     if todo and len(todo) < len(rows):
@@ -380,19 +380,12 @@ def _extract(
 
 
 def _write_chunk(folder: Path, ids: list[str], arrays: dict[str, np.ndarray]) -> None:
-    """Write one chunk under a temporary name, then rename it into place."""
+    """Write one chunk: each array atomically, then its ``ids.json``, which marks it whole."""
     digest = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()[:16]
-    final = folder / f"chunk-{digest}"
-    tmp = folder / f"chunk-{digest}.{os.getpid()}{TMP_SUFFIX}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, array in arrays.items():
-        with open(tmp / f"{name}.npy", "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-    atomic_write_json(tmp / "ids.json", ids)
-    if final.exists():  # the same records extracted by an earlier run that died after renaming
-        shutil.rmtree(tmp)
+    chunk = folder / f"chunk-{digest}"
+    if (chunk / CHUNK_IDS).is_file():  # the same records extracted by an earlier run
         return
-    os.replace(tmp, final)
+    for name, array in arrays.items():
+        with atomic_open(chunk / f"{name}.npy", "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+    atomic_write_json(chunk / CHUNK_IDS, ids)

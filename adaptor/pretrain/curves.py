@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+from adaptor.atomic import atomic_open
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -39,8 +41,6 @@ def plot_pretraining(
     else:
         ax_recall.text(0.5, 0.5, "no val records", ha="center", va="center")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)

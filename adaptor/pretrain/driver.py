@@ -41,6 +41,7 @@ from adaptor.pretrain.loop import (
     train_loop,
 )
 from adaptor.ray_env import cpus_per_worker, start_ray
+from adaptor.remote import ray_storage, uri_of
 from adaptor.shards import ShardReader
 from adaptor.shards.manifest import Manifest
 
@@ -140,8 +141,8 @@ def pretrain(
     run_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {
         **cfg.model_dump(),
-        "shards": str(shards),
-        "out": str(run_dir),
+        "shards": uri_of(shards),  # a remote folder's URI: each worker opens its node's copy
+        "out": uri_of(run_dir),
         "threads": threads,
         "encoders": reader.manifest.encoders,
         "val_carve": asdict(carve) if carve else None,
@@ -155,7 +156,7 @@ def pretrain(
         ),
         run_config=ray.train.RunConfig(
             name="pretrain",
-            storage_path=str(run_dir / "ray"),
+            **ray_storage(run_dir / "ray"),  # checkpoints on the remote itself, if any
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),

@@ -22,6 +22,7 @@ import torch
 from adaptor.atomic import atomic_open
 from adaptor.data.splits import ValCarve
 from adaptor.metrics.retrieval import chance_recall, paired_recall
+from adaptor.remote import working_copy
 from adaptor.shards import ShardReader
 from adaptor.shards.reader import EmbeddingTable
 
@@ -52,7 +53,9 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     device = ray.train.torch.get_device()
 
-    reader = ShardReader(config["shards"])
+    # a remote folder (adaptor.remote): this node's working copy of it
+    config = {**config, "out": str(working_copy(config["out"]))}
+    reader = ShardReader(working_copy(config["shards"], writable=False))
     carve = ValCarve(**config["val_carve"]) if config["val_carve"] else None
     train = _finite(_load(reader, lambda meta: _role(meta, carve) == "train", rank, world))
     val = _finite(_load(reader, lambda meta: _role(meta, carve) == "val"))

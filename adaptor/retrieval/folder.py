@@ -25,7 +25,14 @@ from typing import Any
 
 import faiss
 
-from adaptor.atomic import TMP_SUFFIX, atomic_open, atomic_write_json, remove_stale_partials
+from adaptor import remote
+from adaptor.atomic import (
+    TMP_SUFFIX,
+    atomic_open,
+    atomic_write_json,
+    remove,
+    remove_stale_partials,
+)
 from adaptor.model import Adaptor
 from adaptor.model.adaptor import CONFIG_NAME, WEIGHTS_NAME
 from adaptor.retrieval.errors import IndexMismatchError, IndexNotFoundError
@@ -49,7 +56,7 @@ def prepare(folder: Path) -> None:
     """Make ``folder`` ready for a build: created, no partial files, no manifest (incomplete)."""
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(folder)
-    (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    remove(folder / MANIFEST_NAME)
 
 
 def existing_manifest(folder: Path) -> dict[str, Any] | None:
@@ -96,7 +103,8 @@ def write_faiss(folder: Path, side: str, index: faiss.Index) -> None:
         faiss.write_index(index, str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with remote.publishing(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from adaptor import remote
 from adaptor.atomic import TMP_SUFFIX
 
 STORE_NAME = "records.sqlite"
@@ -76,7 +77,8 @@ class StoreWriter:
         self._db.close()
         with open(self._tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(self._tmp, self.path)
+        with remote.publishing(self.path):
+            os.replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
