@@ -18,9 +18,11 @@ segmentation elsewhere (``unannotated="auto"``; ``negative``/``skip`` force eith
 
 Feature maps. ``feature_maps="cache"`` (the default) extracts the deepest ``levels`` maps
 once into a float16 cache beside the shards (:mod:`adaptor.embed.feature_maps`);
-``"online"`` runs the encoder on every training batch instead. Caching wins by far on CPU
-(``benchmarks/segmentation.py``): the encoder's forward costs more than a decoder step,
-and the grid trains many decoders on the same images.
+``"online"`` runs the encoder on every training batch instead. When the cache already holds
+every record, the map shapes and preprocessing come from it and no encoder is built (unless
+``image_size`` is None: the encoder's own size is known once it is built). Caching wins by
+far on CPU (``benchmarks/segmentation.py``): the encoder's forward costs more than a
+decoder step, and the grid trains many decoders on the same images.
 
 Training. Every cell takes the same number of optimisation steps (``steps``; a small
 fraction is cycled through many epochs, the full one through few), AdamW on ``loss``
@@ -35,6 +37,7 @@ is not trained, its metrics are undefined (``None``) and a warning says why.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,14 +49,22 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from adaptor.atomic import atomic_open
+from adaptor.atomic import atomic_open, atomic_write_json
 from adaptor.config import GridOptions, SegmentationOptions
 from adaptor.data.sources import open_source
 from adaptor.data.splits import LabelSplits, fraction_key
-from adaptor.downstream.grid import GridCell, GridTask, plan_cells, run_grid, setup_key
+from adaptor.downstream.grid import (
+    GridCell,
+    GridTask,
+    cell_path,
+    plan_cells,
+    run_grid,
+    setup_key,
+)
 from adaptor.downstream.plots import plot_overlay_grid
 from adaptor.downstream.results import CellResult
 from adaptor.embed.feature_maps import (
+    CACHE_FILE,
     FeatureMapCache,
     SegmentationInputs,
     build_feature_cache,
@@ -64,7 +75,7 @@ from adaptor.embed.feature_maps import (
     resized_preprocess,
     resolve_unannotated,
 )
-from adaptor.encoders import build_image_encoder
+from adaptor.encoders import ImageEncoder, ImagePreprocess, build_image_encoder
 from adaptor.encoders.base import flatten_map
 from adaptor.errors import AdaptorError
 from adaptor.heads.segmentation import PatchGridDecoder, SegmentationDecoder, segmentation_loss
@@ -73,6 +84,8 @@ from adaptor.model import Adaptor, load_adaptor_for
 from adaptor.shards import ShardReader
 
 OVERLAYS_NAME = "segmentation_overlays.png"
+PLOTTED_NAME = "plotted.json"  # RUN/overlays/: which overlay grid file this setup last drew
+UNANNOTATED_SKIPPED = "no mask (unannotated records are skipped)"  # as the feature cache says
 ADAPTOR_METHODS = ("decoder+adaptor", "adaptor-neck", "adaptor-patches")  # need --adaptor
 
 
@@ -114,8 +127,13 @@ def finetune_segmentation(
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
 ) -> list[CellResult]:
-    """Train and test every method × fraction × seed; write the overlay grid; return the cells."""
+    """Train and test every method × fraction × seed; write the overlay grid; return the cells.
+
+    The overlay grid is drawn again only when a cell trained in this call or its file is
+    not the one this setup drew last.
+    """
     plan = plan_segmentation(cfg, splits, progress=progress, log=log)
+    trained = any(not cell_path(plan.run_dir, c.key).is_file() for c in plan.cells)
     results = run_grid(
         plan.cells,
         TASK,
@@ -131,13 +149,23 @@ def finetune_segmentation(
         cell.extra["skipped_records"] = len(plan.skipped)
         for w in cell.extra.get("warnings", []):
             log(f"warning: {cell.method} {cell.fraction:g} seed {cell.seed}: {w}")
-    plot_overlays(
-        plan.run_dir,
-        plan.shared,
-        cells=[c for c in plan.cells if c.params["seed"] == cfg.seeds[0]],
-        path=Path(cfg.out) / OVERLAYS_NAME,
-    )
+    path = Path(cfg.out).resolve() / OVERLAYS_NAME
+    if trained or not _drew(plan.run_dir, path):
+        shown = [c for c in plan.cells if c.params["seed"] == cfg.seeds[0]]
+        if plot_overlays(plan.run_dir, plan.shared, cells=shown, path=path):
+            atomic_write_json(plan.run_dir / "overlays" / PLOTTED_NAME, _plot_stamp(path))
     return out
+
+
+def _plot_stamp(path: Path) -> dict[str, Any]:
+    """Which file an overlay grid went to, and its modification time."""
+    return {"path": str(path), "mtime_ns": path.stat().st_mtime_ns}
+
+
+def _drew(run_dir: Path, path: Path) -> bool:
+    """Whether ``path`` is still the overlay grid this setup drew (no other setup's since)."""
+    stamp = run_dir / "overlays" / PLOTTED_NAME
+    return path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == _plot_stamp(path)
 
 
 def plan_segmentation(
@@ -164,31 +192,36 @@ def plan_segmentation(
             f"{unknown[0]!r}); they were made for other data"
         )
     encoder_info = reader.manifest.encoders["image"]
-    encoder = build_image_encoder(encoder_info["name"])
-    if encoder.info.fingerprint != encoder_info.get("fingerprint"):
-        raise SegmentationError(
-            f"image encoder {encoder_info['name']!r} builds with other weights than the ones "
-            f"that made {shards}; feature maps would not match the embeddings"
+    root = open_source(source).root
+    cache_parent = Path(cfg.cache_dir) if cfg.cache_dir else shards / "feature_maps"
+    rows = [meta[i] for i in needed]
+    skipped: list[dict[str, str]] = []
+    reused = _finished_cache(cfg, cache_parent, encoder_info, source, unannotated, rows)
+    if reused:
+        cache, skipped = reused
+        preprocess = ImagePreprocess.from_dict(cache.info["preprocess"])
+        inputs = SegmentationInputs(root=root, preprocess=preprocess, unannotated=unannotated)
+        shapes = cache.map_shapes
+        log(f"segmentation: feature maps of {len(needed)} records already in {cache.folder}")
+    else:
+        encoder = _checked_encoder(encoder_info, shards)
+        inputs = SegmentationInputs(
+            root=root,
+            preprocess=resized_preprocess(encoder.preprocess, cfg.image_size),
+            unannotated=unannotated,
         )
-    inputs = SegmentationInputs(
-        root=open_source(source).root,
-        preprocess=resized_preprocess(encoder.preprocess, cfg.image_size),
-        unannotated=unannotated,
-    )
-    shapes = probe_feature_shapes(encoder, inputs.preprocess.size)[-cfg.levels :]
+        shapes = probe_feature_shapes(encoder, inputs.preprocess.size)[-cfg.levels :]
     if "adaptor-patches" in cfg.methods:
         _check_patch_tokens(adaptor, shapes[-1][0], encoder_info["name"])
-    cache_parent = Path(cfg.cache_dir) if cfg.cache_dir else shards / "feature_maps"
     cache_path = cache_folder(
-        cache_parent, encoder.info.to_dict(), inputs.preprocess.size, cfg.levels, unannotated
+        cache_parent, encoder_info, inputs.preprocess.size, cfg.levels, unannotated
     )
-    skipped: list[dict[str, str]] = []
-    if cfg.feature_maps == "cache":
+    if cfg.feature_maps == "cache" and not reused:
         log(f"segmentation: feature maps of {len(needed)} records -> {cache_path}")
         cache, skipped = build_feature_cache(
             cache_path,
             encoder,
-            [meta[i] for i in needed],
+            rows,
             inputs,
             source=source,
             levels=cfg.levels,
@@ -197,6 +230,7 @@ def plan_segmentation(
             progress=progress,
             log=log,
         )
+    if cfg.feature_maps == "cache":
         log(f"segmentation: cache holds {len(cache.ids)} records, {cache.nbytes() / 1e6:.0f} MB")
 
     shared = {
@@ -222,6 +256,52 @@ def plan_segmentation(
     shared["run_dir"] = str(run_dir)
     cells = plan_cells({m: {"method": m} for m in cfg.methods}, cfg.fractions, cfg.seeds)
     return SegmentationPlan(cells=cells, shared=shared, run_dir=run_dir, skipped=skipped)
+
+
+def _finished_cache(
+    cfg: SegmentationConfig,
+    parent: Path,
+    encoder_info: dict[str, Any],
+    source: str,
+    unannotated: str,
+    rows: Sequence[dict[str, Any]],
+) -> tuple[FeatureMapCache, list[dict[str, str]]] | None:
+    """The feature-map cache of this setup and the records it leaves out, when it already
+    holds every other record of ``rows``: then no encoder is built or probed. None when
+    :func:`build_feature_cache` has work (or a check) to do, or the input size is the
+    encoder's own (known only once it is built)."""
+    if cfg.feature_maps != "cache" or cfg.image_size is None:
+        return None
+    size = (cfg.image_size, cfg.image_size)
+    folder = cache_folder(parent, encoder_info, size, cfg.levels, unannotated)
+    if not (folder / CACHE_FILE).is_file():
+        return None
+    cache = FeatureMapCache(folder)
+    expected = {
+        "source": source,
+        "input_size": list(size),
+        "levels": cfg.levels,
+        "unannotated": unannotated,
+    }
+    if cache.info["encoder"].get("fingerprint") != encoder_info["fingerprint"] or any(
+        cache.info.get(k) != v for k, v in expected.items()
+    ):
+        return None  # another job's folder: build_feature_cache says so
+    left_out = [r for r in rows if r["id"] not in cache]
+    if any(r.get("mask") is not None or unannotated != "skip" for r in left_out):
+        return None  # records to extract, or unreadable ones to try again
+    return cache, [{"id": r["id"], "reason": UNANNOTATED_SKIPPED} for r in left_out]
+
+
+def _checked_encoder(encoder_info: dict[str, Any], shards: Path) -> ImageEncoder:
+    """The image encoder that made ``shards``, refused when it builds with other weights."""
+    encoder = build_image_encoder(encoder_info["name"])
+    if encoder.info.fingerprint != encoder_info.get("fingerprint"):
+        raise SegmentationError(
+            f"image encoder {encoder_info['name']!r} builds with other weights than the ones "
+            f"that made {shards}; feature maps would not match the embeddings"
+        )
+    return encoder
 
 
 def _check_adaptor(cfg: SegmentationConfig, reader: ShardReader, shards: Path) -> Adaptor | None:

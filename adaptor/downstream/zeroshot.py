@@ -8,13 +8,17 @@ Adaptor's contrastive scale ``exp(logit_scale)``.
 
 :func:`run_zeroshot` scores a split of cached shards with the heads' metrics (AUROC per
 label and macro; uncertain and missing labels masked as the heads do) and writes
-``zeroshot.json`` and ``zeroshot.md``. There is no frozen-encoder baseline: the image and
-text encoders embed into unrelated spaces (of different widths in general), so only the
-Adaptor's shared space can compare an image with a sentence.
+``zeroshot.json`` and ``zeroshot.md``; a rerun with the same shards, Adaptor weights,
+options and prompts returns that result without running a model. There is no
+frozen-encoder baseline: the image and text encoders embed into unrelated spaces (of
+different widths in general), so only the Adaptor's shared space can compare an image with
+a sentence.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,10 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from adaptor.atomic import atomic_open, atomic_write_json
 from adaptor.config.downstream import UncertainPolicy, ZeroShotOptions
+from adaptor.downstream.grid import setup_key
 from adaptor.downstream.prompts import (
+    BUILTIN_PROMPTS,
     LabelPrompts,
     PromptError,
     find_prompts,
@@ -34,13 +41,14 @@ from adaptor.downstream.prompts import (
     prompts_for,
 )
 from adaptor.downstream.results import CellResult
-from adaptor.encoders import build_text_encoder
+from adaptor.encoders import TextEncoder, build_text_encoder
 from adaptor.errors import AdaptorError
 from adaptor.heads.classification import label_matrix
 from adaptor.metrics.classification import classification_metrics
 from adaptor.model import Adaptor, AdaptorMismatchError, load_adaptor_for
+from adaptor.model.adaptor import WEIGHTS_NAME
 from adaptor.shards import ShardReader
-from adaptor.shards.manifest import Manifest, encoder_differences
+from adaptor.shards.manifest import MANIFEST_NAME, Manifest, encoder_differences
 
 METHOD = "adaptor+zeroshot"
 NO_BASELINE = (
@@ -89,7 +97,7 @@ def adaptor_text_vectors(adaptor: Adaptor, manifest: Manifest, device: str = "cp
     spec = (adaptor.config.encoders or {}).get("text") or manifest.encoders.get("text")
     if not spec:
         raise ZeroShotError("neither the Adaptor nor the shards record a text encoder")
-    encoder = build_text_encoder(spec["name"], device)
+    encoder = _text_encoder(spec["name"], device)
     diffs = encoder_differences(encoder.info.to_dict(), spec, "text")
     if diffs:
         raise AdaptorMismatchError(
@@ -103,6 +111,13 @@ def adaptor_text_vectors(adaptor: Adaptor, manifest: Manifest, device: str = "cp
             return adaptor.encode_text(encoder.encode(tokenizer(texts)).global_.float())
 
     return vectors
+
+
+@functools.lru_cache(maxsize=1)
+def _text_encoder(name: str, device: str) -> TextEncoder:
+    """The frozen text encoder ``name``, kept while it is the one asked for: a study scores
+    every Adaptor of a text encoder with it."""
+    return build_text_encoder(name, device)
 
 
 @dataclass
@@ -247,11 +262,14 @@ def run_zeroshot(
     options: ZeroShotOptions | None = None,
     *,
     prompts: Mapping[str, LabelPrompts] | None = None,
+    log: Callable[[str], None] = tqdm.write,
 ) -> ZeroShotResult:
     """:func:`evaluate_zeroshot`, then ``OUT/zeroshot.json`` and ``OUT/zeroshot.md``.
 
     ``options`` (defaults: :class:`~adaptor.config.ZeroShotOptions`) may name a prompts YAML;
-    ``prompts`` gives already parsed prompts instead.
+    ``prompts`` gives already parsed prompts instead. A ``zeroshot.json`` written for the
+    same shards, Adaptor weights, labels, split, uncertainty policy and prompts is returned
+    as it is (the device is not part of that setup).
     """
     options = options or ZeroShotOptions()
     labels, split, uncertain, device = (
@@ -264,17 +282,34 @@ def run_zeroshot(
         prompts = options.prompts
     if isinstance(prompts, (str, Path)):
         prompts = load_prompts(prompts)
-    result = evaluate_zeroshot(
-        shards,
-        adaptor_dir,
-        labels=labels,
-        prompts=prompts,
-        split=split,
-        uncertain=uncertain,
-        device=device,
-    )
     out = Path(out)
-    atomic_write_json(out / "zeroshot.json", result.to_dict())
-    with atomic_open(out / "zeroshot.md", "w", encoding="utf-8") as fh:
-        fh.write(result.markdown())
+    setup = {"labels": labels, "split": split, "uncertain": uncertain}
+    setup["prompts"] = {name: p.to_dict() for name, p in (prompts or {}).items()}
+    setup["builtin"] = {name: p.to_dict() for name, p in BUILTIN_PROMPTS.items()}
+    key = setup_key(setup, [Path(shards) / MANIFEST_NAME, Path(adaptor_dir) / WEIGHTS_NAME])
+    result = done = _finished(out / "zeroshot.json", key)
+    if done is not None:
+        log(f"zero-shot: reusing {out / 'zeroshot.json'} (same shards, Adaptor and options)")
+    else:
+        result = evaluate_zeroshot(
+            shards,
+            adaptor_dir,
+            labels=labels,
+            prompts=prompts,
+            split=split,
+            uncertain=uncertain,
+            device=device,
+        )
+        atomic_write_json(out / "zeroshot.json", {**result.to_dict(), "setup": key})
+    if done is None or not (out / "zeroshot.md").is_file():
+        with atomic_open(out / "zeroshot.md", "w", encoding="utf-8") as fh:
+            fh.write(result.markdown())
     return result
+
+
+def _finished(path: Path, key: str) -> ZeroShotResult | None:
+    """The result ``path`` holds when it was written for setup ``key``."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return ZeroShotResult(**saved) if saved.pop("setup", None) == key else None

@@ -6,10 +6,11 @@ encoders must match the ones asked for, or it refuses with what differs.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,14 @@ class ShardReader:
         rank: int | None = None,
         world_size: int | None = None,
         split: str | None = None,
+        members: Sequence[str] | None = None,
     ) -> wds.WebDataset:
         """A WebDataset pipeline of decoded samples ``{key, id, <arrays>, meta}``.
 
         Shards are split across nodes by ``rank``/``world_size`` when given (else by
         torch.distributed, if initialised) and across DataLoader workers.
         ``shuffle`` > 0 shuffles shards and samples within a buffer of that size.
+        ``members``: the arrays decoded (default: every stored one).
         """
         explicit = rank is not None and world_size is not None
         urls = self.shard_subset(rank, world_size) if explicit else self.paths
@@ -97,7 +100,7 @@ class ShardReader:
         )
         if shuffle:
             dataset = dataset.shuffle(shuffle, rng=random.Random(seed))
-        dataset = dataset.map(decode_sample)
+        dataset = dataset.map(functools.partial(decode_sample, members=members))
         if split is not None:
             dataset = dataset.select(lambda s: s["meta"].get("split") == split)
         return dataset
@@ -137,7 +140,7 @@ class ShardReader:
             )
         rows = [
             s
-            for s in self.samples(rank=rank, world_size=world_size)
+            for s in self.samples(rank=rank, world_size=world_size, members=members)
             if split is None or s["meta"]["split"] == split
         ]
         return EmbeddingTable(
@@ -152,12 +155,14 @@ class ShardReader:
         )
 
 
-def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Turn a raw WebDataset sample (bytes per member) into arrays and metadata."""
+def decode_sample(raw: dict[str, Any], members: Sequence[str] | None = None) -> dict[str, Any]:
+    """Turn a raw WebDataset sample (bytes per member) into metadata and the arrays of
+    ``members`` (default: all)."""
     out: dict[str, Any] = {"key": raw["__key__"]}
     for member, value in raw.items():
-        if member.endswith(".npy"):
-            out[member[: -len(".npy")]] = np.load(io.BytesIO(value), allow_pickle=False)
+        name = member.removesuffix(".npy")
+        if name != member and (members is None or name in members):
+            out[name] = np.load(io.BytesIO(value), allow_pickle=False)
     out["meta"] = json.loads(raw["json"])
     out["id"] = out["meta"]["id"]
     return out

@@ -274,7 +274,7 @@ def _evaluate(
             log(f"[eval] {dataset}: {task}, {pair}, {unit['preset']}")
             try:
                 if task == "zeroshot":
-                    cells = [_zeroshot(cfg, dataset, shards, adaptor, out)]
+                    cells = [_zeroshot(cfg, dataset, shards, adaptor, out, log)]
                 else:
                     cells = _heads(
                         cfg, task, dataset, shards, adaptor, out, splits, splits_path, grid,
@@ -331,11 +331,13 @@ def _heads(
     )
 
 
-def _zeroshot(cfg: StudyConfig, dataset: str, shards: Path, adaptor: Path, out: Path) -> Any:
+def _zeroshot(
+    cfg: StudyConfig, dataset: str, shards: Path, adaptor: Path, out: Path, log: Log
+) -> Any:
     """The zero-shot row (fraction 0) of one Adaptor on one dataset's test split."""
     from adaptor.config import ZeroShotOptions
     from adaptor.downstream.zeroshot import run_zeroshot
 
     spec = cfg.evaluate[dataset]
     options = ZeroShotOptions(labels=spec.labels, prompts=cfg.prompts, uncertain=spec.uncertain)
-    return run_zeroshot(shards, adaptor, out, options).to_cell()
+    return run_zeroshot(shards, adaptor, out, options, log=log).to_cell()

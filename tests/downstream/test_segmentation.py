@@ -4,6 +4,7 @@ and a tiny end-to-end ``finetune_segmentation`` under Ray Train."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from adaptor.atomic import atomic_write_json
 from adaptor.data.masks import rle_encode
 from adaptor.data.splits import LabelSplits, make_label_splits
-from adaptor.downstream.results import merge_results
+from adaptor.downstream import segmentation
+from adaptor.downstream.grid import cell_path
+from adaptor.downstream.results import CellResult, merge_results
 from adaptor.downstream.segmentation import (
     OVERLAYS_NAME,
     TASK,
@@ -324,6 +328,48 @@ def test_cached_and_online_feature_maps_train_the_same_decoder(
     # float16 storage of the maps is the only difference
     for name in ("dice", "iou"):
         assert cached["metrics"][name] == pytest.approx(online["metrics"][name], abs=0.05)
+
+
+def test_finished_segmentation_rerun_builds_no_encoder_and_draws_nothing(
+    seg_setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun whose feature maps and cells are all done: no encoder, probe, cache check or
+    plot; the same setup (and run folder) as one that builds them."""
+    cfg, splits = _cfg(seg_setup, tmp_path / "res", fractions=[1.0], seeds=[0]), seg_setup["splits"]
+    plan_segmentation(cfg, splits, progress=False, log=lambda _: None)  # fills the cache
+    with monkeypatch.context() as m:
+        m.setattr(segmentation, "_finished_cache", lambda *a: None)
+        built = plan_segmentation(cfg, splits, progress=False, log=lambda _: None)
+    for cell in built.cells:
+        result = CellResult("segmentation", cell.params["method"], 1.0, 0, {"dice": 0.5}, 1)
+        atomic_write_json(cell_path(built.run_dir, cell.key), result.to_dict())
+    finetune_segmentation(cfg, splits, progress=False, log=lambda _: None)  # draws once
+    overlay = tmp_path / "res" / OVERLAYS_NAME
+    assert overlay.is_file()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("model work or plotting on a finished rerun")
+
+    for name in ("build_image_encoder", "probe_feature_shapes", "build_feature_cache"):
+        monkeypatch.setattr(segmentation, name, refuse)
+    drawn: list[Path] = []
+    monkeypatch.setattr(segmentation, "plot_overlays", lambda *a, path, **k: drawn.append(path))
+    logged: list[str] = []
+    again = finetune_segmentation(cfg, splits, progress=False, log=logged.append)
+    assert [c.metrics for c in again] == [{"dice": 0.5}] * 2 and not drawn
+    assert any("already in" in line for line in logged)
+    reused = plan_segmentation(cfg, splits, progress=False, log=lambda _: None)
+    assert reused.shared == built.shared and reused.run_dir == built.run_dir
+    os.utime(overlay, ns=(0, 0))  # another setup's grid drawn there since: drawn again
+    finetune_segmentation(cfg, splits, progress=False, log=lambda _: None)
+    assert drawn == [overlay]
+    # a record the cache lacks is extracted (its encoder built) again
+    manifest = ShardReader(seg_setup["shards"]).manifest
+    rows = [*seg_setup["meta"], {"id": "new", "mask": None}]
+    found = segmentation._finished_cache(
+        cfg, Path(cfg.cache_dir), manifest.encoders["image"], manifest.source, "negative", rows
+    )
+    assert found is None
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from adaptor.config import ZeroShotOptions
 from adaptor.data.sources.chexpert import CHEXPERT_LABELS
 from adaptor.data.synthetic import FINDINGS
+from adaptor.downstream import zeroshot
 from adaptor.downstream.prompts import (
     BUILTIN_PROMPTS,
     LabelPrompts,
@@ -207,6 +208,40 @@ def test_zeroshot_labels_prompts_and_bad_requests(
     Adaptor(config).save_pretrained(tmp_path / "other")
     with pytest.raises(AdaptorMismatchError, match="text encoder fingerprint"):
         run_zeroshot(shards, tmp_path / "other", tmp_path / "out")
+
+
+def test_zeroshot_rerun_reuses_its_result_until_an_input_changes(
+    trained_adaptor: Path,
+    retrieval_index: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shards, out, options = retrieval_index[0], tmp_path / "out", ZeroShotOptions(split="all")
+    zeroshot._text_encoder.cache_clear()
+    built, scored = [], []
+    build, evaluate = zeroshot.build_text_encoder, zeroshot.evaluate_zeroshot
+    monkeypatch.setattr(zeroshot, "build_text_encoder", lambda *a: built.append(a) or build(*a))
+    monkeypatch.setattr(
+        zeroshot, "evaluate_zeroshot", lambda *a, **k: scored.append(a) or evaluate(*a, **k)
+    )
+    first = run_zeroshot(shards, trained_adaptor, out, options)
+    (out / "zeroshot.md").unlink()
+    logged: list[str] = []
+    again = run_zeroshot(shards, trained_adaptor, out, options, log=logged.append)
+    assert again == first and len(scored) == 1 and "zero-shot: reusing" in logged[0]
+    assert (out / "zeroshot.md").read_text() == first.markdown()  # a missing table is rewritten
+
+    # other options, prompts or Adaptor weights: scored again, with the same text encoder
+    run_zeroshot(shards, trained_adaptor, out, ZeroShotOptions(split="val"))
+    user = {"nodule": LabelPrompts(("A nodule.",), ("No nodule.",))}
+    run_zeroshot(shards, trained_adaptor, out, ZeroShotOptions(split="val"), prompts=user)
+    model = Adaptor.from_pretrained(trained_adaptor)
+    with torch.no_grad():
+        model.logit_scale_raw.add_(1.0)
+    model.save_pretrained(tmp_path / "changed")
+    changed = run_zeroshot(shards, tmp_path / "changed", out, options)
+    assert len(scored) == 4 and len(built) == 1
+    assert changed.logit_scale == pytest.approx(first.logit_scale + 1.0)
 
 
 # ------------------------------------------------------------------------------ service

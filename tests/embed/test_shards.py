@@ -51,6 +51,10 @@ def test_round_trip_and_split_filter(tmp_path: Path) -> None:
     assert table.arrays["text"][5].tolist() == [-5.0] * 3
     val = reader.load(split="val")
     assert val.ids == ["r0", "r3", "r6", "r9"]
+    # only the arrays asked for are decoded
+    assert reader.load(members=()).meta == table.meta
+    sample = next(iter(reader.samples(members=("image",))))
+    assert "image" in sample and "text" not in sample
 
 
 def test_rank_subsets_are_disjoint_and_cover(tmp_path: Path) -> None:

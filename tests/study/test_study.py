@@ -83,6 +83,7 @@ def test_study_end_to_end_then_resume(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     assert "already finished" in again.output  # pretraining
     assert "cells already done" in again.output  # heads
+    assert "zero-shot: reusing" in again.output and "records already in" in again.output
     assert json.loads((out / "study.json").read_text())["rows"] == rows
 
 
