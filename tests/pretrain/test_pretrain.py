@@ -88,35 +88,19 @@ def test_outputs_then_longer_rerun_continues(shards: Path, tmp_path: Path) -> No
     assert again.metrics["resumed_at_steps"] == [2 * steps_per_epoch]
 
 
-def test_crash_then_rerun_resumes_from_the_checkpointed_step(shards: Path, tmp_path: Path) -> None:
+def test_two_workers_retry_a_failure_in_the_same_run(shards: Path, tmp_path: Path) -> None:
+    """Two workers (global batch 16) train; a crash is retried from the newest checkpoint.
+
+    (A crash followed by a rerun of the same command, resuming at the checkpointed step, is
+    tested through the CLI on object storage, tests/storage; a kill -9 and rerun below.)"""
     run = tmp_path / "run"
-    probe = json.loads(
-        (
-            pretrain(_cfg(shards, tmp_path / "probe", epochs=1), progress=False).run_dir
-            / "metrics.jsonl"
-        )
-        .read_text()
-        .splitlines()[0]
+    cfg = _cfg(
+        shards, run, workers=2, batch_size=8, epochs=2, max_failures=1, checkpoint_every_steps=2
     )
-    steps = probe["global_step"]
-    with pytest.raises(PretrainError, match="injected failure"):
-        pretrain(
-            _cfg(shards, run, epochs=3),
-            progress=False,
-            fault=_fail_once_at(steps + 1, tmp_path / "failed-once"),
-        )
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 was checkpointed
-    result = pretrain(_cfg(shards, run, epochs=3), progress=False)
-    assert result.metrics["resumed_at_steps"] == [steps]
-    assert result.metrics["epochs"] == 3
-
-
-def test_worker_failure_is_retried_in_the_same_run(shards: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    cfg = _cfg(shards, run, epochs=2, max_failures=1, checkpoint_every_steps=2)
     result = pretrain(cfg, progress=False, fault=_fail_once_at(3, tmp_path / "failed-once"))
     # the crash at step 3 is retried from the mid-epoch checkpoint at step 2, not from zero
     assert result.metrics["epochs"] == 2 and result.metrics["resumed_at_steps"] == [2]
+    assert result.metrics["final"]["train_loss"] > 0
 
 
 def test_one_worker_is_bit_identical_for_a_seed(shards: Path, tmp_path: Path) -> None:
@@ -124,13 +108,6 @@ def test_one_worker_is_bit_identical_for_a_seed(shards: Path, tmp_path: Path) ->
     b = Adaptor.from_pretrained(pretrain(_cfg(shards, tmp_path / "b"), progress=False).adaptor_dir)
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
-
-
-def test_two_workers_train(shards: Path, tmp_path: Path) -> None:
-    result = pretrain(
-        _cfg(shards, tmp_path / "two", workers=2, epochs=1, batch_size=8), progress=False
-    )
-    assert result.metrics["epochs"] == 1 and result.metrics["final"]["train_loss"] > 0
 
 
 def test_bad_input_is_refused_before_training(shards: Path, tmp_path: Path) -> None:
