@@ -61,7 +61,7 @@ def _fail_once_at(step: int, marker: Path) -> Fault:
     return fault
 
 
-def test_outputs_then_longer_rerun_continues(shards: Path, tmp_path: Path) -> None:
+def test_outputs_reproducible_then_longer_rerun_continues(shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = pretrain(_cfg(shards, run), progress=False)
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -79,6 +79,12 @@ def test_outputs_then_longer_rerun_continues(shards: Path, tmp_path: Path) -> No
     assert (run / "curves.png").stat().st_size > 1000
     assert result.adaptor_dir == run / "adaptor"
     steps_per_epoch = first["global_step"]
+
+    # one worker, same shards, config and seed: bit-identical weights
+    twin = pretrain(_cfg(shards, tmp_path / "twin"), progress=False).adaptor_dir
+    a, b = Adaptor.from_pretrained(run / "adaptor"), Adaptor.from_pretrained(twin)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
 
     again = pretrain(_cfg(shards, run, epochs=4), progress=False)
     history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -101,13 +107,6 @@ def test_two_workers_retry_a_failure_in_the_same_run(shards: Path, tmp_path: Pat
     # the crash at step 3 is retried from the mid-epoch checkpoint at step 2, not from zero
     assert result.metrics["epochs"] == 2 and result.metrics["resumed_at_steps"] == [2]
     assert result.metrics["final"]["train_loss"] > 0
-
-
-def test_one_worker_is_bit_identical_for_a_seed(shards: Path, tmp_path: Path) -> None:
-    a = Adaptor.from_pretrained(pretrain(_cfg(shards, tmp_path / "a"), progress=False).adaptor_dir)
-    b = Adaptor.from_pretrained(pretrain(_cfg(shards, tmp_path / "b"), progress=False).adaptor_dir)
-    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(pa, pb), name
 
 
 def test_bad_input_is_refused_before_training(shards: Path, tmp_path: Path) -> None:
