@@ -183,9 +183,9 @@ def test_embed_killed_then_resumed_on_s3_equals_a_local_embed(
     assert len(expected) == 3
     out = f"s3://{BUCKET}/killed"
     args = ["embed", "--source", f"synthetic:{synthetic_dir}", "--out", out]
-    args += ["--batch-size", "16", "--shard-size", "16", "--loader-workers", "0", "--no-progress"]
+    args += ["--batch-size", "16", "--shard-size", "16", "--no-progress"]  # default loader workers
     proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptor.cli", *args],
+        [sys.executable, "-m", "adaptor.cli", *args, "--loader-workers", "0"],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
