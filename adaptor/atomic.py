@@ -29,10 +29,16 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        with remote.publishing(path):
-            os.replace(tmp, path)
+        atomic_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_replace(tmp: str | Path, path: str | Path) -> None:
+    """Rename the finished file ``tmp`` onto ``path`` (and upload it, in a remote folder's
+    working copy): for files that a library writes to a temporary name itself."""
+    with remote.publishing(Path(path)):
+        os.replace(tmp, path)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

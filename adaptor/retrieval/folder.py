@@ -25,10 +25,10 @@ from typing import Any
 
 import faiss
 
-from adaptor import remote
 from adaptor.atomic import (
     TMP_SUFFIX,
     atomic_open,
+    atomic_replace,
     atomic_write_json,
     remove,
     remove_stale_partials,
@@ -103,8 +103,7 @@ def write_faiss(folder: Path, side: str, index: faiss.Index) -> None:
         faiss.write_index(index, str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        with remote.publishing(path):
-            os.replace(tmp, path)
+        atomic_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from adaptor import remote
-from adaptor.atomic import TMP_SUFFIX
+from adaptor.atomic import TMP_SUFFIX, atomic_replace
 
 STORE_NAME = "records.sqlite"
 METADATA_FIELDS = ("id", "split", "patient_id", "labels", "report", "image")
@@ -77,8 +76,7 @@ class StoreWriter:
         self._db.close()
         with open(self._tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        with remote.publishing(self.path):
-            os.replace(self._tmp, self.path)
+        atomic_replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
